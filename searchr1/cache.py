@@ -8,6 +8,7 @@ keep their `.work` directory between attempts and skip what is already in it; th
 from __future__ import annotations
 
 import hashlib
+import importlib
 import inspect
 import json
 import os
@@ -26,13 +27,23 @@ MANIFEST = "_manifest.json"
 
 
 def source_digest(modules: Iterable[ModuleType | str]) -> str:
-    """Hash of the source files a stage runs, so editing the code invalidates its cache."""
-    h = hashlib.sha256()
-    for mod in sorted(modules, key=lambda m: m if isinstance(m, str) else m.__name__):
+    """Hash of the source files a stage runs, so editing the code invalidates its cache.
+
+    A package stands for every module in it (and its data files are not code, so they do not count).
+    """
+    files: set[Path] = set()
+    for mod in modules:
         if isinstance(mod, str):
-            mod = __import__(mod, fromlist=["_"])
-        h.update(mod.__name__.encode())
-        h.update(inspect.getsource(mod).encode())
+            mod = importlib.import_module(mod)
+        if hasattr(mod, "__path__"):
+            for root in mod.__path__:
+                files.update(Path(root).rglob("*.py"))
+        else:
+            files.add(Path(inspect.getfile(mod)))
+    h = hashlib.sha256()
+    for f in sorted(files):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
     return h.hexdigest()[:16]
 
 
