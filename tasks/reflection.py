@@ -1,0 +1,21 @@
+"""Stage: how reflective phrases relate to the score, across checkpoints and training steps."""
+
+from prefect import task
+from prefect.cache_policies import NONE
+
+from searchr1.cache import StageOutput
+from tasks._stage import PipelineContext, run_stage
+
+
+@task(name="reflection", cache_policy=NONE)
+def reflection_task(ctx: PipelineContext, evaluation: StageOutput, train: StageOutput) -> StageOutput:
+    from searchr1.reflection import analysis
+
+    def build(work, run):
+        summary = analysis.analyse(evaluation.path, train.path, ctx.cfg.reflection, work, log_metrics=run)
+        for png in sorted(work.glob("*.png")):
+            run.log_artifact(png, "plots")
+        return summary
+
+    return run_stage(ctx, "reflection", config_paths=["reflection"], upstream=[evaluation, train],
+                     sources=["searchr1.reflection"], build=build)

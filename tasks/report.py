@@ -1,0 +1,53 @@
+"""Stage: the run report (Markdown + HTML), logged to MLflow and published as a Prefect artifact."""
+
+import json
+
+import pandas as pd
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NONE
+
+from searchr1.cache import StageOutput
+from tasks._stage import PipelineContext, run_stage
+
+MLFLOW_UI = "http://127.0.0.1:5000"
+
+
+def _train_metrics(train: StageOutput) -> pd.DataFrame | None:
+    path = train.path / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    # a resumed run may log a step twice (the one it was killed in): keep the last value
+    return pd.DataFrame(rows).groupby("step", as_index=False).last() if rows else None
+
+
+@task(name="report", cache_policy=NONE)
+def report_task(ctx: PipelineContext, stages: dict[str, StageOutput]) -> StageOutput:
+    from searchr1 import report
+
+    parent = ctx.tracker.parent
+    links = {"pipeline run": f"{MLFLOW_UI}/{parent.url_path}"}
+    for r in ctx.tracker.child_runs():
+        links[r.data.tags.get("searchr1.stage", r.info.run_name)] = (
+            f"{MLFLOW_UI}/#/experiments/{r.info.experiment_id}/runs/{r.info.run_id}")
+
+    def build(work, run):
+        ev = stages["evaluate"].path
+        paths = report.build_report(
+            work, config=ctx.cfg.model_dump(mode="json"),
+            stages={name: s.summary for name, s in stages.items()},
+            results_md=ev / "results.md", results_png=ev / "results.png",
+            analysis_dir=stages["reflection"].path, train_metrics=_train_metrics(stages["train"]),
+            mlflow_links=links)
+        for path in paths.values():
+            run.log_artifact(path)
+            parent.log_artifact(path, "report")
+        md = paths.get("md") or next(p for p in paths.values() if str(p).endswith(".md"))
+        create_markdown_artifact(md.read_text(), key="report", description="reproduce-search-r1 run report")
+        return {"files": {k: str(v) for k, v in paths.items()}}
+
+    # The report links this pipeline run's MLflow runs, so it is keyed by the run id too.
+    return run_stage(ctx, "report", config_paths=[], upstream=list(stages.values()),
+                     sources=["searchr1.report"], build=build,
+                     extra_key={"pipeline_run_id": ctx.tracker.pipeline_run_id})
