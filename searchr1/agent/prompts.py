@@ -1,0 +1,101 @@
+"""The two prompt styles and how retrieved passages are shown to the model.
+
+- "tool_call": the seed's prompt (system + user prefix) rendered through the Qwen2.5 tool-calling
+  chat template with the `search(query_list)` schema; results come back as `<tool_response>`.
+- "search_r1": Search-R1's original single user message (`<search>` / `<information>` tags),
+  also rendered through the chat template, as Search-R1's data prep does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from searchr1.retrieval.base import Hit
+
+PromptStyle = Literal["tool_call", "search_r1"]
+
+# The seed's inference script, word for word (its system and user prefix).
+SEED_SYSTEM = "You are a helpful and harmless assistant."
+SEED_USER_PREFIX = (
+    "Answer the given question. You must conduct reasoning inside <think> and "
+    "</think> first every time you get new information. After reasoning, if you "
+    "lack knowledge, call a search engine by <tool_call> query </tool_call>. "
+    "It returns results between <tool_response> and </tool_response>. "
+    "Provide the final answer inside <answer>. For example, <answer> Beijing </answer>. Question: ")
+
+# Search-R1's prefix (scripts/data_process/nq_search.py, make_prefix, template_type "base").
+SEARCH_R1_PREFIX = (
+    "Answer the given question. You must conduct reasoning inside <think> and </think> first every time "
+    "you get new information. After reasoning, if you find you lack some knowledge, you can call a search "
+    "engine by <search> query </search> and it will return the top searched results between <information> "
+    "and </information>. You can search as many times as your want. If you find no further external "
+    "knowledge needed, you can directly provide the answer inside <answer> and </answer>, without detailed "
+    "illustrations. For example, <answer> Beijing </answer>. Question: ")
+
+# The seed's tool schema: same name and parameters; the description names our retriever.
+SEARCH_TOOL_SCHEMA: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "search",
+        "description": "Search a Wikipedia passage index and return the most relevant passages.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "query_list": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "Fully-formed semantic queries.",
+                }
+            },
+            "required": ["query_list"],
+        },
+    },
+}
+
+# Baselines: one answer, no tool. Short, in the same <answer> format so the same scorer applies.
+DIRECT_PROMPT = ("Answer the given question. Provide the final answer inside <answer> and </answer>, "
+                 "without detailed illustrations. For example, <answer> Beijing </answer>. Question: ")
+RAG_PROMPT = ("Answer the given question using the documents below. Provide the final answer inside "
+              "<answer> and </answer>, without detailed illustrations. For example, <answer> Beijing </answer>."
+              "\n\nDocuments:\n{docs}\nQuestion: ")
+
+
+def build_messages(question: str, style: PromptStyle = "tool_call") -> list[dict[str, str]]:
+    """Chat messages for the search agent; render with `tools=tools_for(style)`."""
+    question = question.strip()
+    if style == "tool_call":
+        return [{"role": "system", "content": SEED_SYSTEM},
+                {"role": "user", "content": SEED_USER_PREFIX + question}]
+    if style == "search_r1":
+        # Search-R1 appends "\n" after the question; no system message (the template adds its default).
+        return [{"role": "user", "content": SEARCH_R1_PREFIX + question + "\n"}]
+    raise ValueError(f"prompt style {style!r}: expected 'tool_call' or 'search_r1'")
+
+
+def tools_for(style: PromptStyle) -> list[dict[str, Any]] | None:
+    """The `tools=` argument for apply_chat_template: the schema only in the tool_call style."""
+    return [SEARCH_TOOL_SCHEMA] if style == "tool_call" else None
+
+
+def baseline_messages(question: str, hits: Sequence[Hit] | None = None) -> list[dict[str, str]]:
+    """Direct answer (hits=None) or RAG with the passages in the prompt."""
+    question = question.strip()
+    if hits is None:
+        return [{"role": "user", "content": DIRECT_PROMPT + question}]
+    return [{"role": "user", "content": RAG_PROMPT.format(docs=format_hits(hits)) + question}]
+
+
+def split_contents(contents: str) -> tuple[str, str]:
+    """wiki-18 `contents` is '"Title"\\ntext': (title line, rest). Title keeps its quotes, as in Search-R1."""
+    title, _, text = contents.partition("\n")
+    return title, text
+
+
+def format_hits(hits: Sequence[Hit]) -> str:
+    """Search-R1's layout: one line per passage, `Doc i(Title: <title>) <text>`."""
+    lines = []
+    for i, hit in enumerate(hits, start=1):
+        title, text = split_contents(hit["document"]["contents"])
+        lines.append(f"Doc {i}(Title: {title}) {text}\n")
+    return "".join(lines)
