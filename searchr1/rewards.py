@@ -14,7 +14,6 @@ from collections.abc import Sequence
 
 _PUNCT = set(string.punctuation)  # ASCII only, as in Search-R1's qa_em.py; "’" or "–" are kept
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 
 def normalize_answer(s: str) -> str:
@@ -70,10 +69,26 @@ def f1_score(prediction: str | None, golden_answers: str | Sequence[str]) -> flo
     return max((_f1(pred, normalize_answer(g)) for g in _golden_list(golden_answers)), default=0.0)
 
 
+def find_blocks(text: str, open_tag: str, close_tag: str) -> tuple[list[str], bool]:
+    """Contents of every `open…close` block, left to right (like a lazy regex, but linear time on
+    adversarial text), and whether a last opened block is left unclosed."""
+    blocks: list[str] = []
+    pos = 0
+    while True:
+        start = text.find(open_tag, pos)
+        if start < 0:
+            return blocks, False
+        end = text.find(close_tag, start + len(open_tag))
+        if end < 0:
+            return blocks, True
+        blocks.append(text[start + len(open_tag):end])
+        pos = end + len(close_tag)
+
+
 def extract_answer(response: str) -> str | None:
     """The text of the last complete `<answer>…</answer>`, stripped; None when there is none."""
-    matches = _ANSWER.findall(response)
-    return matches[-1].strip() if matches else None
+    blocks, _ = find_blocks(response, "<answer>", "</answer>")
+    return blocks[-1].strip() if blocks else None
 
 
 def score(prediction: str | None, golden_answers: str | Sequence[str]) -> dict[str, float]:

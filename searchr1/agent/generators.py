@@ -1,0 +1,226 @@
+"""Text generation backends behind one small interface, for the multi-turn rollout loop.
+
+A generator holds a batch of conversations ("rows"). `start` opens them with their prompts,
+`generate` runs one assistant turn for the rows still active, `extend` appends tool text to a
+row before its next turn. The transformers backend keeps the KV cache between turns: only the
+new tool text and the new turn are computed, not the whole history again (the seed's loop
+re-encodes everything each turn). The vLLM backend relies on vLLM's own prefix caching.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from searchr1.agent.config import AgentConfig
+
+
+@dataclass
+class TurnOutput:
+    text: str             # what the model wrote this turn, special tokens dropped
+    n_tokens: int         # tokens generated this turn (the stop token included)
+    ended_with_eos: bool  # the turn ended on an end-of-turn token (not a stop string or the limit)
+    hit_limit: bool       # the turn ran into max_new_tokens
+
+
+class Generator(Protocol):
+    tokenizer: Any  # a Hugging Face tokenizer: chat template rendering and token budgets
+
+    def start(self, prompts: Sequence[str]) -> list[int]: ...
+
+    def generate(self, rows: Sequence[int], max_new_tokens: int, stop: Sequence[str]) -> list[TurnOutput]: ...
+
+    def extend(self, row: int, text: str) -> int: ...
+
+
+def end_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Token ids that end an assistant turn: the generation config's EOS and ChatML's <|im_end|>.
+
+    (The converted SmolLM2 tokenizer reports <|im_start|> as its eos_token; generation_config is right.)
+    """
+    ids: set[int] = set()
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is not None:
+        ids.update([eos] if isinstance(eos, int) else eos)
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
+        ids.add(im_end)
+    if not ids and tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return sorted(ids)
+
+
+def cut_turn(tokens: list[int], pieces: list[str], end_ids: Sequence[int], stop: Sequence[str]) -> tuple[int, bool]:
+    """Where one generated row ends: (number of tokens kept, ended on an end token).
+
+    `pieces` are the tokens decoded one by one; a stop string ends the turn at the token that
+    completes it, as transformers' StopStringCriteria does.
+    """
+    end_set = set(end_ids)
+    first_end = next((k for k, t in enumerate(tokens) if t in end_set), len(tokens))
+    text, stops_at = "", len(tokens)
+    if stop:
+        longest = max(len(s) for s in stop)
+        for k, piece in enumerate(pieces[:first_end]):
+            text += piece
+            tail = text[-(longest + len(piece)):]
+            if any(s in tail for s in stop):
+                stops_at = k
+                break
+    if first_end < stops_at:
+        return first_end + 1, True
+    if stops_at < len(tokens):
+        return stops_at + 1, False
+    return len(tokens), False
+
+
+class TransformersGenerator:
+    """Batched generation with transformers: left padding, greedy by default, KV cache reused across turns.
+
+    Layout between turns: each row of the batch tensor is [left pad][prompt][turn 1][pad][tool][turn 2]...
+    Padding inside a row (rows finish at different steps, tool texts differ in length) is masked
+    out; transformers derives position ids from the attention mask's cumulative sum, so each row
+    is computed as if it were alone. Rows that leave the batch are dropped from the cache.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, *, greedy: bool = True, temperature: float = 1.0,
+                 reuse_cache: bool = True):
+        self.model, self.tokenizer = model, tokenizer
+        self.greedy, self.temperature, self.reuse_cache = greedy, temperature, reuse_cache
+        self.end_ids = end_token_ids(model, tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.end_ids[0]
+        self.history: list[list[int]] = []   # every row's tokens so far (prompt, turns, tool text)
+        self.pending: list[list[int]] = []   # tokens appended since the row's last turn
+        self._order: list[int] = []          # which row each line of the cached batch tensor holds
+        self._ids = self._mask = self._cache = None
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def start(self, prompts: Sequence[str]) -> list[int]:
+        self.history = [[] for _ in prompts]
+        self.pending = [self.encode(p) for p in prompts]
+        self._order, self._ids, self._mask, self._cache = [], None, None, None
+        return [len(p) for p in self.pending]
+
+    def extend(self, row: int, text: str) -> int:
+        ids = self.encode(text)
+        self.pending[row].extend(ids)
+        return len(ids)
+
+    def _left_pad(self, seqs: list[list[int]]):
+        import torch
+
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            if s:
+                ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+                mask[i, width - len(s):] = 1
+        return ids, mask
+
+    def _inputs(self, rows: list[int]):
+        """The batch to feed generate: cached layout + new tokens, or whole histories re-encoded."""
+        import torch
+
+        if not (self.reuse_cache and self._cache is not None):
+            ids, mask = self._left_pad([self.history[r] + self.pending[r] for r in rows])
+            return ids, mask, None
+        if rows != self._order:
+            keep = torch.tensor([self._order.index(r) for r in rows], dtype=torch.long)
+            self._ids, self._mask = self._ids[keep], self._mask[keep]
+            self._cache.batch_select_indices(keep)
+        new_ids, new_mask = self._left_pad([self.pending[r] for r in rows])
+        return torch.cat([self._ids, new_ids], 1), torch.cat([self._mask, new_mask], 1), self._cache
+
+    def generate(self, rows: Sequence[int], max_new_tokens: int, stop: Sequence[str]) -> list[TurnOutput]:
+        import torch
+
+        rows = list(rows)
+        ids, mask, cache = self._inputs(rows)
+        sampling = {"do_sample": False} if self.greedy else {"do_sample": True, "temperature": self.temperature,
+                                                               "top_p": 1.0, "top_k": 0}
+        with torch.no_grad():
+            out = self.model.generate(
+                input_ids=ids, attention_mask=mask, past_key_values=cache, max_new_tokens=max_new_tokens,
+                eos_token_id=self.end_ids, pad_token_id=self.pad_id, stop_strings=list(stop) or None,
+                tokenizer=self.tokenizer, return_dict_in_generate=True, use_cache=True, **sampling)
+        seq = out.sequences
+        new = seq[:, ids.shape[1]:]
+        gen_mask = torch.zeros_like(new)
+        results = []
+        for i, r in enumerate(rows):
+            tokens = new[i].tolist()
+            pieces = self.tokenizer.batch_decode([[t] for t in tokens])
+            n, eos = cut_turn(tokens, pieces, self.end_ids, stop)
+            gen_mask[i, :n] = 1
+            kept = tokens[:n]
+            self.history[r] += self.pending[r] + kept
+            self.pending[r] = []
+            text = self.tokenizer.decode(kept, skip_special_tokens=True)
+            results.append(TurnOutput(text, n, eos, hit_limit=(n == max_new_tokens and not eos)))
+        if self.reuse_cache:
+            self._ids, self._mask = seq, torch.cat([mask, gen_mask], 1)
+            self._cache, self._order = out.past_key_values, rows
+        return results
+
+
+class VLLMGenerator:
+    """vLLM on GPU behind the same interface. Each turn sends whole token histories; vLLM's
+    automatic prefix caching makes the shared prefix free, so no cache bookkeeping is needed here.
+    Imported lazily: vLLM lives in the GPU environment only."""
+
+    def __init__(self, model_path: str, *, greedy: bool = True, temperature: float = 1.0,
+                 gpu_memory_utilization: float = 0.6, dtype: str = "bfloat16", trust_remote_code: bool = False):
+        from transformers import AutoTokenizer
+        from vllm import LLM
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        self.llm = LLM(model=model_path, dtype=dtype, enable_prefix_caching=True,
+                       gpu_memory_utilization=gpu_memory_utilization, trust_remote_code=trust_remote_code)
+        self.greedy, self.temperature = greedy, temperature
+        self.end_ids = end_token_ids(self.llm.llm_engine.model_config.hf_config, self.tokenizer)
+        self.history: list[list[int]] = []
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def start(self, prompts: Sequence[str]) -> list[int]:
+        self.history = [self.encode(p) for p in prompts]
+        return [len(h) for h in self.history]
+
+    def extend(self, row: int, text: str) -> int:
+        ids = self.encode(text)
+        self.history[row].extend(ids)
+        return len(ids)
+
+    def generate(self, rows: Sequence[int], max_new_tokens: int, stop: Sequence[str]) -> list[TurnOutput]:
+        from vllm import SamplingParams, TokensPrompt
+
+        params = SamplingParams(max_tokens=max_new_tokens, temperature=0.0 if self.greedy else self.temperature,
+                                stop=list(stop), include_stop_str_in_output=True, stop_token_ids=self.end_ids,
+                                skip_special_tokens=True)
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=self.history[r]) for r in rows], params,
+                                 use_tqdm=False)
+        results = []
+        for r, out in zip(rows, outs, strict=True):
+            comp = out.outputs[0]
+            tokens = list(comp.token_ids)
+            self.history[r] += tokens
+            eos = bool(tokens) and tokens[-1] in self.end_ids
+            results.append(TurnOutput(comp.text, len(tokens), eos, hit_limit=comp.finish_reason == "length"))
+        return results
+
+
+def make_generator(model_path: Any, cfg: AgentConfig, policy_cfg: Any, *, greedy: bool = True) -> Generator:
+    """The configured backend for a checkpoint folder (transformers loads the model on CPU)."""
+    if cfg.generator == "vllm":
+        return VLLMGenerator(str(model_path), greedy=greedy, temperature=cfg.temperature,
+                             dtype=policy_cfg.dtype, trust_remote_code=policy_cfg.trust_remote_code)
+    from searchr1.models import load_policy
+
+    model, tok = load_policy(model_path, policy_cfg)
+    model.eval()
+    return TransformersGenerator(model, tok, greedy=greedy, temperature=cfg.temperature)

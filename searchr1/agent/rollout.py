@@ -1,0 +1,222 @@
+"""The batched multi-turn search-agent loop, and the single-turn baselines.
+
+One loop, Search-R1 style: every active question of a batch generates a turn together; the
+ones that called the search tool get the passages appended (top-k, truncated to a token
+budget) and go on; the ones that answered (or did nothing, or ran out of budget) leave.
+Each rollout is kept whole: who wrote each segment, the queries, the doc ids, token counts,
+and why it stopped.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from searchr1.agent.config import AgentConfig
+from searchr1.agent.generators import Generator
+from searchr1.agent.parsing import parse_turn
+from searchr1.agent.prompts import baseline_messages, build_messages, format_hits, tools_for
+from searchr1.agent.trace import Question, Segment, StopReason, model_text
+from searchr1.retrieval.base import Hit, Searcher
+from searchr1.rewards import extract_answer, score
+
+# Search-R1's message after a turn with neither a search nor an answer (its generation.py).
+SEARCH_R1_INVALID = ("\nMy previous action is invalid. If I want to search, I should put the query between "
+                     "<search> and </search>. If I want to give the final answer, I should put the answer "
+                     "between <answer> and </answer>. Let me try again.\n")
+STOP_STRINGS = {"tool_call": ("</tool_call>", "</answer>"), "search_r1": ("</search>", "</answer>")}
+QUERY_SEPARATOR = "\n---\n"  # between the results of several queries in one call, as the seed joins them
+
+
+@dataclass
+class Rollout:
+    question: Question
+    prompt: str
+    segments: list[Segment] = field(default_factory=list)
+    queries: list[str] = field(default_factory=list)
+    doc_ids: list[str] = field(default_factory=list)
+    turns: int = 0
+    search_calls: int = 0
+    invalid_calls: int = 0
+    gen_tokens: int = 0
+    response_tokens: int = 0
+    stop_reason: StopReason | None = None
+    issues: Counter = field(default_factory=Counter)
+
+    @property
+    def response(self) -> str:
+        return "".join(s["text"] for s in self.segments)
+
+    @property
+    def prediction(self) -> str | None:
+        # Only the model's own text: retrieved passages or Search-R1's invalid-action hint mention <answer>.
+        return extract_answer(model_text(self.segments))
+
+    def to_row(self, checkpoint: str, step: int, method: str, benchmark: str) -> dict[str, Any]:
+        """One ROLLOUT_SCHEMA row, scored."""
+        q, pred = self.question, self.prediction
+        return {"checkpoint": checkpoint, "step": step, "method": method, "benchmark": benchmark,
+                "question_id": str(q.get("id", "")), "question": q["question"],
+                "golden_answers": list(q["golden_answers"]), "prediction": pred or "",
+                **score(pred, q["golden_answers"]),
+                "turns": self.turns, "search_calls": self.search_calls, "invalid_calls": self.invalid_calls,
+                "queries": self.queries, "doc_ids": self.doc_ids, "segments": self.segments,
+                "response": self.response, "gen_tokens": self.gen_tokens, "stop_reason": self.stop_reason}
+
+
+def render_prompt(tokenizer: Any, messages: list[dict[str, str]], tools: list | None = None) -> str:
+    return tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
+
+
+def tool_glue(tokenizer: Any) -> tuple[str, str]:
+    """(before, after) the tool result, as the chat template renders a tool message after an
+    assistant turn and opens the next assistant turn. Falls back to the seed's inline
+    `<tool_response>` when the template has no tool role."""
+    a, b = "\x00ASSISTANT\x00", "\x00TOOL\x00"
+    msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": a}, {"role": "tool", "content": b}]
+    try:
+        text = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    except Exception:  # templates without a tool role raise (jinja's raise_exception)
+        text = ""
+    if a in text and b in text:
+        glue = text.split(a, 1)[1]
+        before, after = glue.split(b, 1)
+        return before, after
+    return "<tool_response>\n", "\n</tool_response>"
+
+
+def _turn_end_text(tokenizer: Any) -> str:
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
+        return "<|im_end|>"
+    return tokenizer.eos_token or ""
+
+
+def _truncate(tokenizer: Any, text: str, max_tokens: int) -> str:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return text if len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens])
+
+
+def format_results(hits_per_query: Sequence[Sequence[Hit]]) -> str:
+    return QUERY_SEPARATOR.join(format_hits(h).rstrip("\n") for h in hits_per_query)
+
+
+def run_agent(questions: Sequence[Question], generator: Generator, searcher: Searcher, cfg: AgentConfig,
+              *, progress: bool = True, desc: str = "rollouts") -> list[Rollout]:
+    """Search-agent rollouts for all questions, `cfg.batch_size` at a time."""
+    tok, style = generator.tokenizer, cfg.prompt_style
+    stop = STOP_STRINGS[style]
+    eos_text = _turn_end_text(tok)
+    before, after = tool_glue(tok)
+    rollouts = [Rollout(q, render_prompt(tok, build_messages(q["question"], style), tools_for(style)))
+                for q in questions]
+    bar = tqdm(total=len(rollouts), desc=desc, disable=not progress)
+    for lo in range(0, len(rollouts), cfg.batch_size):
+        batch = rollouts[lo:lo + cfg.batch_size]
+        generator.start([r.prompt for r in batch])
+        active = list(range(len(batch)))
+        for turn in range(cfg.max_turns):
+            if not active:
+                break
+            outs = generator.generate(active, cfg.max_new_tokens, stop)
+            searching: list[tuple[int, list[str], bool]] = []
+            for row, out in zip(active, outs, strict=True):
+                ro = batch[row]
+                ro.turns += 1
+                ro.gen_tokens += out.n_tokens
+                ro.response_tokens += out.n_tokens
+                ro.segments.append({"role": "assistant", "text": out.text})
+                parsed = parse_turn(out.text, style, cfg.max_queries_per_call, cfg.max_query_chars)
+                ro.search_calls += parsed.calls
+                ro.invalid_calls += parsed.invalid
+                ro.issues.update(parsed.issues)
+                if parsed.action == "answer":
+                    ro.stop_reason = "answer"
+                elif ro.response_tokens >= cfg.max_response_tokens:
+                    ro.stop_reason = "max_tokens"
+                elif turn == cfg.max_turns - 1:
+                    ro.stop_reason = "max_turns"
+                elif parsed.action == "search":
+                    searching.append((row, parsed.queries, out.ended_with_eos))
+                elif style == "search_r1":  # Search-R1 tells the model its action was invalid and goes on
+                    ro.segments.append({"role": "tool", "text": SEARCH_R1_INVALID})
+                    ro.response_tokens += generator.extend(row, SEARCH_R1_INVALID)
+                else:  # the seed's loop: no tool call ends the conversation
+                    ro.stop_reason = "max_tokens" if out.hit_limit else "no_action"
+            if searching:
+                flat = [q for _, qs, _ in searching for q in qs]
+                hits = searcher.search(flat, cfg.topk)
+                pos = 0
+                for row, qs, ended_with_eos in searching:
+                    ro, mine = batch[row], hits[pos:pos + len(qs)]
+                    pos += len(qs)
+                    ro.queries.extend(qs)
+                    ro.doc_ids.extend(str(h["document"]["id"]) for hs in mine for h in hs)
+                    results = _truncate(tok, format_results(mine), cfg.max_obs_tokens)
+                    if style == "tool_call":
+                        glue = before + results + after
+                        # The template's tool message starts by closing the assistant turn; if the model
+                        # already closed it with its end token, that token is in the history: skip it.
+                        fed = glue[len(eos_text):] if ended_with_eos and glue.startswith(eos_text) else glue
+                    else:
+                        glue = fed = f"\n\n<information>{results.strip()}</information>\n\n"
+                    ro.segments.append({"role": "tool", "text": glue})
+                    ro.response_tokens += generator.extend(row, fed)
+            active = [row for row in active if batch[row].stop_reason is None]
+        for ro in batch:
+            if ro.stop_reason is None:
+                ro.stop_reason = "max_turns"
+        bar.update(len(batch))
+    bar.close()
+    return rollouts
+
+
+def run_baseline(method: str, questions: Sequence[Question], generator: Generator, searcher: Searcher | None,
+                 cfg: AgentConfig, *, progress: bool = True) -> list[Rollout]:
+    """"direct": the question alone; "rag": the question's top-k passages in the prompt. One turn each."""
+    if method not in ("direct", "rag"):
+        raise ValueError(f"baseline {method!r}: expected 'direct' or 'rag'")
+    if method == "rag" and searcher is None:
+        raise ValueError("the rag baseline needs a searcher")
+    tok = generator.tokenizer
+    hits: list[list[Hit]] = (searcher.search([q["question"] for q in questions], cfg.topk)
+                             if method == "rag" else [[] for _ in questions])
+    rollouts = []
+    for q, h in zip(questions, hits, strict=True):
+        msgs = baseline_messages(q["question"], h if method == "rag" else None)
+        ro = Rollout(q, render_prompt(tok, msgs))
+        ro.doc_ids = [str(x["document"]["id"]) for x in h]
+        rollouts.append(ro)
+    bar = tqdm(total=len(rollouts), desc=method, disable=not progress)
+    for lo in range(0, len(rollouts), cfg.batch_size):
+        batch = rollouts[lo:lo + cfg.batch_size]
+        generator.start([r.prompt for r in batch])
+        outs = generator.generate(range(len(batch)), cfg.max_new_tokens, ("</answer>",))
+        for ro, out in zip(batch, outs, strict=True):
+            ro.turns, ro.gen_tokens, ro.response_tokens = 1, out.n_tokens, out.n_tokens
+            ro.segments.append({"role": "assistant", "text": out.text})
+            ro.stop_reason = ("answer" if extract_answer(out.text) is not None
+                              else "max_tokens" if out.hit_limit else "no_action")
+        bar.update(len(batch))
+    bar.close()
+    return rollouts
+
+
+def summarize_rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """The same metrics from ROLLOUT_SCHEMA rows (e.g. read back from parquet on resume)."""
+    n = len(rows)
+    if n == 0:
+        return {"n": 0.0}
+    calls = sum(r["search_calls"] for r in rows)
+    return {"n": float(n),
+            "em": sum(r["em"] for r in rows) / n,
+            "f1": sum(r["f1"] for r in rows) / n,
+            "contains": sum(r["contains"] for r in rows) / n,
+            "mean_turns": sum(r["turns"] for r in rows) / n,
+            "search_calls": calls / n,
+            "invalid_call_rate": (sum(r["invalid_calls"] for r in rows) / calls) if calls else 0.0,
+            "format_failure_rate": sum(not r["prediction"] for r in rows) / n}  # no (or an empty) <answer>

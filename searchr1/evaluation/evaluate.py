@@ -1,0 +1,138 @@
+"""The evaluation stage: every checkpoint × every method × every benchmark, resumable.
+
+Each finished (checkpoint, method, benchmark) is one parquet file of whole rollouts under
+`out_dir/rollouts/<checkpoint>/<method>__<benchmark>.parquet`, written atomically; a rerun skips
+the files already there, so a killed evaluation loses at most the pair it was working on.
+The results are rebuilt from those files at the end, in long form:
+(checkpoint, step, method, benchmark, metric, value, n), with "average" as a macro average over
+benchmarks (each benchmark counts once, as the paper averages its seven).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from searchr1 import faults
+from searchr1.agent.generators import Generator, make_generator
+from searchr1.agent.rollout import run_agent, run_baseline, summarize_rows
+from searchr1.agent.trace import ROLLOUT_SCHEMA, Question, write_rollouts
+from searchr1.retrieval.base import Searcher
+from searchr1.tracking import MetricsLogger, null_logger
+
+METRICS = ("em", "f1", "contains", "mean_turns", "search_calls", "invalid_call_rate", "format_failure_rate")
+AGENT = "search_agent"
+AVERAGE = "average"
+
+
+def checkpoint_name(step: int) -> str:
+    return "base" if step == 0 else f"step-{step:06d}"
+
+
+def rollout_path(out_dir: Path, checkpoint: str, method: str, benchmark: str) -> Path:
+    return Path(out_dir) / "rollouts" / checkpoint / f"{method}__{benchmark}.parquet"
+
+
+def methods_of(cfg: Any) -> list[str]:
+    return [AGENT, *cfg.evaluation.baselines]
+
+
+def run_method(method: str, questions: Sequence[Question], generator: Generator, searcher: Searcher,
+               cfg: Any, *, progress: bool = True, desc: str = ""):
+    if method == AGENT:
+        return run_agent(questions, generator, searcher, cfg.agent, progress=progress, desc=desc or AGENT)
+    return run_baseline(method, questions, generator, searcher, cfg.agent, progress=progress)
+
+
+def _validate(checkpoints: Sequence[tuple[int, Path | str]], questions: Mapping[str, Sequence[Question]]) -> None:
+    steps = [s for s, _ in checkpoints]
+    if len(set(steps)) != len(steps):
+        raise ValueError(f"evaluate_checkpoints: duplicate training steps in {steps}")
+    for bench, qs in questions.items():
+        if "__" in bench or "/" in bench:
+            raise ValueError(f"benchmark name {bench!r}: must not contain '__' or '/' (used in file names)")
+        for i, q in enumerate(qs):
+            missing = [k for k in ("question", "golden_answers") if k not in q]
+            if missing:
+                raise ValueError(f"benchmark {bench!r}, question #{i} (id {q.get('id')!r}): missing {missing}")
+
+
+def results_rows(rollout_tables: Mapping[tuple[str, int, str, str], list[dict]]) -> list[dict[str, Any]]:
+    """Long-form rows from {(checkpoint, step, method, benchmark): rollout rows}, averages included."""
+    out: list[dict[str, Any]] = []
+    per_group: dict[tuple[str, int, str], list[tuple[dict[str, float], int]]] = {}
+    for (ckpt, step, method, bench), rows in sorted(rollout_tables.items(), key=lambda kv: (kv[0][1], kv[0][2:])):
+        summary = summarize_rows(rows)
+        n = len(rows)
+        per_group.setdefault((ckpt, step, method), []).append((summary, n))
+        out += [{"checkpoint": ckpt, "step": step, "method": method, "benchmark": bench, "metric": m,
+                 "value": float(summary.get(m, 0.0)), "n": n} for m in METRICS]
+    for (ckpt, step, method), items in per_group.items():
+        items = [(s, n) for s, n in items if n > 0]
+        if not items:
+            continue
+        total = sum(n for _, n in items)
+        out += [{"checkpoint": ckpt, "step": step, "method": method, "benchmark": AVERAGE, "metric": m,
+                 "value": sum(s[m] for s, _ in items) / len(items), "n": total} for m in METRICS]
+    return out
+
+
+def _write_parquet_atomic(rows: list[dict[str, Any]], path: Path) -> None:
+    import pandas as pd
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    frame = pd.DataFrame(rows, columns=["checkpoint", "step", "method", "benchmark", "metric", "value", "n"])
+    frame.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def evaluate_checkpoints(checkpoints: list[tuple[int, Path | str]], questions: Mapping[str, Sequence[Question]],
+                         searcher: Searcher, cfg: Any, out_dir: Path,
+                         log_metrics: MetricsLogger = null_logger, progress: bool = True) -> dict[str, Any]:
+    """Score every (training step, HF folder) checkpoint with the search agent and the baselines.
+
+    `cfg` is the PipelineConfig (agent, policy and evaluation sections are used).
+    Returns {"results": path, "checkpoints": [...], "computed": n, "skipped": n,
+             "search_agent_average_em": {step: em}}.
+    """
+    out_dir = Path(out_dir)
+    _validate(checkpoints, questions)
+    methods = methods_of(cfg)
+    computed = skipped = 0
+    tables: dict[tuple[str, int, str, str], list[dict]] = {}
+    for step, path in sorted(checkpoints, key=lambda c: c[0]):
+        name = checkpoint_name(step)
+        generator: Generator | None = None
+        for method in methods:
+            for bench, qs in questions.items():
+                target = rollout_path(out_dir, name, method, bench)
+                if target.is_file():
+                    skipped += 1
+                else:
+                    if generator is None:  # load the model only when something is left to do
+                        generator = make_generator(path, cfg.agent, cfg.policy, greedy=True)
+                    rollouts = run_method(method, list(qs), generator, searcher, cfg, progress=progress,
+                                          desc=f"{name} {method} {bench}")
+                    write_rollouts([r.to_row(name, step, method, bench) for r in rollouts], target)
+                    computed += 1
+                    faults.point("evaluate.after_pair")
+                tables[(name, step, method, bench)] = pq.read_table(target, schema=ROLLOUT_SCHEMA).to_pylist()
+        del generator
+        gc.collect()
+    rows = results_rows(tables)
+    for step in sorted({s for _, s, _, _ in tables}):
+        metrics = {f"eval/{r['method']}/{r['benchmark']}/{r['metric']}": r["value"] for r in rows if r["step"] == step}
+        log_metrics(metrics, step)
+    results = out_dir / "results.parquet"
+    _write_parquet_atomic(rows, results)
+    agent_em = {r["step"]: r["value"] for r in rows
+                if r["method"] == AGENT and r["benchmark"] == AVERAGE and r["metric"] == "em"}
+    return {"results": str(results), "checkpoints": [checkpoint_name(s) for s, _ in sorted(checkpoints)],
+            "methods": methods, "benchmarks": list(questions), "computed": computed, "skipped": skipped,
+            "search_agent_average_em": agent_em}
