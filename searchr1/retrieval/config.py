@@ -18,6 +18,7 @@ class EmbedderConfig(Section):
     max_length: PositiveInt = 256
     batch_size: PositiveInt = 64
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    trust_remote_code: bool = False  # only for hub models that need their own code
     fp16: bool = True  # only applies on GPU
     shard_rows: PositiveInt = 10_000  # embeddings are saved per shard so a killed run resumes
 
@@ -26,10 +27,14 @@ class IndexConfig(Section):
     kind: Literal["flat", "hnsw", "ivfpq", "bm25"] = "flat"
     hnsw_m: PositiveInt = 32
     hnsw_ef_search: PositiveInt = 128
-    ivf_nlist: PositiveInt = 1024
-    pq_m: PositiveInt = 48
+    hnsw_ef_construction: PositiveInt = 200
+    ivf_nlist: PositiveInt = 1024  # capped at rows/39 so every list gets enough training points
+    pq_m: PositiveInt = 48  # sub-quantizers; must divide the embedding size
+    pq_nbits: int = Field(8, ge=4, le=12)
     ivf_nprobe: PositiveInt = 32
-    use_gpu: bool = False
+    train_rows: PositiveInt = 200_000  # random sample that trains IVF-PQ
+    use_gpu: bool = False  # needs faiss-gpu; a clear error names what is missing
+    gpu_fp16: bool = True  # store vectors on GPU in fp16 (half the memory; Search-R1 does this)
     gpu_shards: bool = True  # shard a GPU index across all visible GPUs
     recall_probe_queries: PositiveInt = 500  # recall@k of approximate indexes vs flat, at build
 
@@ -42,6 +47,7 @@ class ServerConfig(Section):
     max_queries_per_request: PositiveInt = 512
     max_topk: PositiveInt = 50
     max_query_chars: PositiveInt = 2048
+    max_body_bytes: PositiveInt = 4_000_000
 
 
 class RetrievalConfig(Section):

@@ -1,0 +1,134 @@
+"""Build a self-contained index directory from corpus shards.
+
+out_dir/
+  passages.arrow      id + contents in index row order (the searcher needs nothing else)
+  embeddings/         per-shard vectors, resumable (see embeddings.py)
+  index.faiss | bm25/ the index
+  index_meta.json     written last: its presence means the directory is complete
+
+`out_dir` survives a killed run; calling `build_index` again reuses the passages copy and every
+finished embedding shard, and returns at once if the index with the same settings is already there.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from searchr1.cache import write_json_atomic
+from searchr1.retrieval.config import RetrievalConfig
+from searchr1.retrieval.embedder import Embedder, load_embedder
+from searchr1.retrieval.embeddings import Embeddings, embed_corpus, embedder_identity
+from searchr1.retrieval.faiss_index import (
+    build_faiss,
+    effective_nlist,
+    exact_topk,
+    recall_at_k,
+    set_search_params,
+    write_index,
+)
+from searchr1.retrieval.passages import PASSAGES_FILE, PassageStore, copy_passages, find_shards, fingerprint
+from searchr1.retrieval.searcher import BM25_DIR, INDEX_FILE, META_FILE
+from searchr1.tracking import MetricsLogger, null_logger
+
+EMB_DIR = "embeddings"
+PASSAGES_META = "passages.json"
+# Settings read at search time (load_searcher), not baked into the index: changing them needs no rebuild.
+SEARCH_TIME_KEYS = {"hnsw_ef_search", "ivf_nprobe", "use_gpu", "gpu_fp16", "gpu_shards", "recall_probe_queries"}
+
+
+def build_identity(cfg: RetrievalConfig, corpus_key: str) -> dict[str, Any]:
+    index = cfg.index.model_dump(mode="json", exclude=SEARCH_TIME_KEYS)
+    if cfg.index.kind == "bm25":
+        return {"corpus": corpus_key, "index": index}
+    return {"corpus": corpus_key, "index": index, "embedder": embedder_identity(cfg.embedder)}
+
+
+def build_index(passages_dir: Path, out_dir: Path, cfg: RetrievalConfig,
+                log_metrics: MetricsLogger = null_logger, *, embedder: Embedder | None = None) -> dict[str, float]:
+    """Embed the corpus and build the configured index in `out_dir`; returns numbers for MLflow.
+
+    `passages_dir` is a corpus stage directory (holding passages/part-*.parquet) or that passages folder.
+    """
+    t_start = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shards = find_shards(passages_dir)
+    corpus_key = fingerprint(shards)
+    identity = build_identity(cfg, corpus_key)
+    meta_path = out_dir / META_FILE
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("identity") == identity:
+            return meta["summary"]
+        meta_path.unlink()  # another config: this directory is no longer a finished index
+
+    store = _ensure_passages(shards, out_dir, corpus_key)
+    n = len(store)
+    if n == 0:
+        raise ValueError(f"{passages_dir}: the corpus shards hold no passages")
+    summary: dict[str, float] = {"passages": float(n)}
+    meta: dict[str, Any] = {"kind": cfg.index.kind, "count": n, "corpus": corpus_key, "identity": identity,
+                            "faiss_version": faiss.__version__}
+
+    if cfg.index.kind == "bm25":
+        from searchr1.retrieval.bm25 import build_bm25
+
+        t0 = time.perf_counter()
+        build_bm25(store, out_dir / BM25_DIR)
+        summary["index_seconds"] = time.perf_counter() - t0
+    else:
+        emb, stats = embed_corpus(store, out_dir / EMB_DIR, cfg.embedder, corpus_key,
+                                  embedder if embedder is not None else (lambda: load_embedder(cfg.embedder)),
+                                  log_metrics)
+        summary.update(stats)
+        t0 = time.perf_counter()
+        index = build_faiss(emb, cfg.index)
+        summary["index_seconds"] = time.perf_counter() - t0
+        summary["dims"] = float(emb.dim)
+        meta.update(embedder=embedder_identity(cfg.embedder), dims=emb.dim)
+        if cfg.index.kind == "ivfpq":
+            meta["ivf_nlist"] = effective_nlist(cfg.index, n)
+        if cfg.index.kind in ("hnsw", "ivfpq"):
+            if embedder is None:
+                embedder = load_embedder(cfg.embedder)
+            set_search_params(index, cfg.index)
+            summary[f"recall_at_{cfg.topk}"] = measure_recall(index, emb, store, embedder, cfg)
+        write_index(index, out_dir / INDEX_FILE)
+
+    summary["build_seconds"] = time.perf_counter() - t_start
+    summary["passages_per_s"] = n / summary["build_seconds"]
+    meta["summary"] = summary
+    write_json_atomic(meta_path, meta)  # last: marks the directory complete
+    log_metrics({f"index/{k}": v for k, v in summary.items()}, None)
+    return summary
+
+
+def _ensure_passages(shards: list[Path], out_dir: Path, corpus_key: str) -> PassageStore:
+    """Copy the passages into out_dir once per corpus; a matching copy from a killed run is reused."""
+    marker = out_dir / PASSAGES_META
+    if not (marker.is_file() and json.loads(marker.read_text()).get("corpus") == corpus_key
+            and (out_dir / PASSAGES_FILE).is_file()):
+        n = copy_passages(shards, out_dir / PASSAGES_FILE)
+        write_json_atomic(marker, {"corpus": corpus_key, "count": n, "shards": [p.name for p in shards]})
+    return PassageStore(out_dir / PASSAGES_FILE)
+
+
+def probe_queries(store: PassageStore, count: int, seed: int = 0) -> list[str]:
+    """Query-like probes for recall: titles of random passages (wiki-18 contents start '"Title"\\n')."""
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(len(store), size=min(count, len(store)), replace=False)
+    return [d["contents"].split("\n", 1)[0].strip().strip('"') or d["contents"][:80] for d in store.docs(rows)]
+
+
+def measure_recall(index, emb: Embeddings, store: PassageStore, embedder: Embedder, cfg: RetrievalConfig) -> float:
+    """recall@topk of `index` against exact search, on title probes encoded as queries."""
+    k = int(min(cfg.topk, emb.rows))
+    queries = embedder.encode_queries(probe_queries(store, cfg.index.recall_probe_queries))
+    _, found = index.search(queries, k)
+    return recall_at_k(found, exact_topk(emb, queries, k))
