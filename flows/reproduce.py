@@ -15,7 +15,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from searchr1.config import PipelineConfig, digest, load_config
-from searchr1.models import resolve_policy
+from searchr1.models import check_available, resolve_policy
 from searchr1.tracking import PipelineTracker
 from tasks._stage import PipelineContext
 from tasks.corpus import corpus_task
@@ -40,6 +40,8 @@ def _resolve(path: str) -> Path:
 
 def prepare(config: str, overrides: list[str]) -> PipelineConfig:
     cfg = load_config(_resolve(config), overrides)
+    check_available(cfg.policy.model)
+    check_available(cfg.retrieval.embedder.model)
     artifacts = cfg.run.artifacts_dir
     if not artifacts.is_absolute():
         cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"artifacts_dir": PROJECT / artifacts})})

@@ -64,6 +64,12 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from exc
+    if isinstance(value, str):  # YAML 1.1 reads 1e-6 (no dot) as a string; a number was meant
+        for number in (int, float):
+            try:
+                return key.strip().split("."), number(value)
+            except ValueError:
+                pass
     return key.strip().split("."), value
 
 

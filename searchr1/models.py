@@ -31,6 +31,17 @@ def wheel_dir(module: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def check_available(model: str) -> None:
+    """Fail early (before any stage runs) when a wheel model or a local folder is missing.
+
+    A hub id cannot be checked offline; it fails at download time with the hub's own message.
+    """
+    if model.startswith(WHEEL_PREFIX):
+        wheel_dir(model.removeprefix(WHEEL_PREFIX))
+    elif model.startswith((".", "/", "~")) and not Path(model).expanduser().exists():
+        raise ModelNotFoundError(f"model folder {model!r} does not exist")
+
+
 def find_gguf(module: str) -> Path:
     files = sorted(wheel_dir(module).glob("*.gguf"))
     if not files:

@@ -62,7 +62,7 @@ def write_passage_shards(rows: Iterable[dict], out_dir: Path, shard_rows: int, d
 
 def iter_wiki18(path: Path, on_bad_line: Literal["error", "skip"], stats: ReadStats,
                 max_passages: int | None = None) -> Iterator[dict]:
-    for i, row in enumerate(read_jsonl(path, PASSAGE_FIELDS, on_bad_line, stats, check_duplicates=False)):
+    for i, row in enumerate(read_jsonl(path, PASSAGE_FIELDS, on_bad_line, stats)):
         if max_passages is not None and i >= max_passages:
             return
         yield row
