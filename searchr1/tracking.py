@@ -26,6 +26,12 @@ STAGE_TAG = "searchr1.stage"
 KEY_TAG = "searchr1.stage_key"
 FLOW_RUNS_TAG = "prefect.flow_run_ids"
 _MAX_PARAM_CHARS = 6000
+_SECRET_WORDS = ("token", "secret", "password", "api_key", "apikey", "credential")
+
+
+def redact(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Never send a credential to the tracking store, whatever config key carries it."""
+    return {k: ("***" if any(w in k.lower() for w in _SECRET_WORDS) else v) for k, v in params.items()}
 
 
 def null_logger(metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -81,7 +87,7 @@ class StageRun:
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
-        batch = [Param(k[:250], str(v)[:_MAX_PARAM_CHARS]) for k, v in params.items()]
+        batch = [Param(k[:250], str(v)[:_MAX_PARAM_CHARS]) for k, v in redact(params).items()]
         for i in range(0, len(batch), 90):  # MLflow caps params per batch at 100
             self.client.log_batch(self.run_id, params=batch[i:i + 90])
 
