@@ -1,0 +1,395 @@
+"""The run report: one Markdown file and one self-contained HTML file (figures embedded) per pipeline run.
+
+The report is assembled as Markdown from what the stages left behind (their summaries, the results
+table, the reflection analysis, the training metrics) and rendered to HTML once with markdown-it;
+PNGs sit next to report.md and are inlined as base64 in report.html, so the HTML opens anywhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import json
+import math
+import os
+import re
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+PAPER_POLICY = "Qwen2.5-3B-Instruct"
+STAGE_ORDER = ("corpus", "questions", "index", "train-data", "warm-start", "train", "evaluate", "reflection")
+CURVE_PATTERNS = ("reward", "em", "accuracy", "reflect", "search", "turn", "kl", "loss", "entropy", "length")
+MAX_CURVES = 6
+
+CSS = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; color: #1f2328; max-width: 1040px;
+       margin: 2em auto; padding: 0 1.5em; line-height: 1.5; }
+h1 { border-bottom: 2px solid #d0d7de; padding-bottom: .3em; }
+h2 { border-bottom: 1px solid #d0d7de; padding-bottom: .2em; margin-top: 2em; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; display: block; overflow-x: auto; }
+th, td { border: 1px solid #d0d7de; padding: 4px 10px; text-align: left; }
+th { background: #f6f8fa; }
+tr:nth-child(even) td { background: #fbfcfd; }
+code { background: #f6f8fa; padding: 1px 4px; border-radius: 4px; font-size: 0.9em; }
+pre { background: #f6f8fa; padding: 1em; overflow-x: auto; border-radius: 6px; }
+pre code { padding: 0; }
+img { max-width: 100%; border: 1px solid #eaeef2; border-radius: 4px; margin: .5em 0; }
+blockquote { border-left: 4px solid #d0d7de; margin: .5em 0; padding: 0 1em; color: #57606a; }
+.note { background: #fff8c5; border: 1px solid #eedd77; padding: .5em 1em; border-radius: 6px; }
+"""
+
+
+class ReportError(ValueError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:,.{digits}f}" if abs(v) < 1e6 else f"{v:.3g}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, list | tuple):
+        text = ", ".join(_fmt(x) for x in v[:8]) + (f", … ({len(v)} in all)" if len(v) > 8 else "")
+        return text
+    if isinstance(v, dict):
+        return json.dumps(v, default=str)[:160]
+    s = str(v).replace("|", "\\|").replace("\n", " ")
+    return s if len(s) <= 160 else s[:157] + "…"
+
+
+def _table(rows: list[Mapping[str, Any]] | pd.DataFrame, columns: list[str] | None = None) -> str:
+    df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
+    if df.empty:
+        return "_(none)_"
+    columns = columns or [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for _, row in df.iterrows():
+        lines.append("| " + " | ".join(_fmt(row[c]) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        if isinstance(v, Mapping) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _get(cfg: Mapping[str, Any], path: str, default: Any = None) -> Any:
+    node: Any = cfg
+    for part in path.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def _facts(summary: Mapping[str, Any], skip: tuple[str, ...] = ("files", "figures")) -> str:
+    flat = {k: v for k, v in _flatten(summary).items() if k.split(".")[0] not in skip}
+    if not flat:
+        return "_(this stage reported no summary)_"
+    return _table([{"fact": k, "value": v} for k, v in flat.items()])
+
+
+def _copy_png(src: Path | None, out_dir: Path, name: str) -> str | None:
+    """Copy a PNG next to report.md; returns its file name, or None when there is none."""
+    if src is None or not Path(src).is_file():
+        return None
+    dst = out_dir / name
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    return name
+
+
+def _write_text(path: Path, text: str) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- sections
+
+
+def warm_start_used(config: Mapping[str, Any], stages: Mapping[str, Mapping[str, Any]]) -> bool:
+    train = stages.get("train") or {}
+    for key in ("warm_start", "warm_started", "warm_start_used", "init_from_warm_start"):
+        if key in train:
+            v = train[key]
+            return bool(v.get("enabled", True) if isinstance(v, Mapping) else v)
+    return "warm-start" in stages or bool(_get(config, "training.warm_start.enabled", False))
+
+
+def deviations(config: Mapping[str, Any], stages: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """How this run differs from Search-R1's setup, read off the config (nothing branches on a profile name)."""
+    out = []
+    if _get(config, "corpus.source") == "synthetic":
+        n = _get(stages, "corpus.n_passages") or _get(stages, "corpus.passages")
+        size = f" ({_fmt(n)} passages)" if n else ""
+        out.append(f"**Corpus:** a generated fictional world{size} instead of wiki-18 (21M Wikipedia passages); "
+                   "its entities are made up, so the model can only answer by searching.")
+    if _get(config, "questions.source") == "synthetic":
+        out.append("**Questions:** synthetic suites by skill (single-hop, bridge, comparison, compositional) instead "
+                   "of NQ, TriviaQA, PopQA, HotpotQA, 2Wiki, Musique and Bamboogle; the scores are not comparable "
+                   "with the paper's.")
+    model = str(_get(config, "policy.model", ""))
+    if model and "qwen2.5-3b" not in model.lower():
+        shown = "SmolLM2-135M-Instruct" if "smollm2" in model.lower() else model
+        out.append(f"**Policy:** {shown} (`{model}`) instead of {PAPER_POLICY}.")
+    if warm_start_used(config, stages):
+        n = _get(config, "training.warm_start.n_examples")
+        out.append(f"**Supervised warm start:** before GRPO the policy was fine-tuned on {_fmt(n) if n else 'some'} "
+                   "worked search traces, because a model this small never calls the tool on its own and GRPO gets "
+                   "no reward variance to learn from. Search-R1 starts RL from the instruct model directly.")
+    if _get(config, "training.engine") == "trl":
+        steps = _get(config, "training.grpo.steps")
+        prompts = _get(config, "training.grpo.prompts_per_step")
+        group = _get(config, "training.grpo.group_size")
+        out.append(f"**Training scale:** TRL on CPU, {_fmt(steps)} GRPO steps of {prompts} prompts × {group} "
+                   "completions, instead of verl on GPUs with 512 prompts per step.")
+    embedder = str(_get(config, "retrieval.embedder.model", ""))
+    if embedder and "e5" not in embedder.lower():
+        out.append(f"**Retriever:** `{embedder}` instead of e5-base-v2.")
+    return out
+
+
+def _config_summary(config: Mapping[str, Any]) -> str:
+    keys = ["run.name", "run.seed", "corpus.source", "questions.source", "questions.eval_benchmarks",
+            "questions.max_eval_questions", "retrieval.topk", "retrieval.embedder.model", "retrieval.index.kind",
+            "policy.model", "agent.prompt_style", "agent.max_turns", "training.engine",
+            "training.warm_start.enabled", "training.grpo.steps", "training.grpo.prompts_per_step",
+            "training.grpo.group_size", "training.grpo.learning_rate", "training.grpo.kl_coef",
+            "training.grpo.save_every", "evaluation.checkpoints", "evaluation.baselines",
+            "reflection.bootstrap_samples", "reflection.lexicon_file"]
+    rows = [{"setting": k, "value": _get(config, k)} for k in keys if _get(config, k, "__missing__") != "__missing__"]
+    return _table(rows)
+
+
+def plot_training_curves(metrics: pd.DataFrame, path: Path) -> Path | None:
+    """Up to six panels of the most telling training series (reward/EM first) over steps."""
+    if metrics is None or metrics.empty or "step" not in metrics:
+        return None
+    numeric = [c for c in metrics.columns if c != "step" and pd.api.types.is_numeric_dtype(metrics[c])
+               and metrics[c].notna().sum() >= 1]
+    chosen: list[str] = []
+    for pat in CURVE_PATTERNS:
+        for c in numeric:
+            if c not in chosen and re.search(rf"(^|[/_.]){pat}", c.lower()):
+                chosen.append(c)
+    chosen = (chosen or numeric)[:MAX_CURVES]
+    if not chosen:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = 2 if len(chosen) > 1 else 1
+    rows = math.ceil(len(chosen) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 2.8 * rows), squeeze=False)
+    data = metrics.sort_values("step")
+    for ax, name in zip(axes.flat, chosen, strict=False):
+        s = data[["step", name]].dropna()
+        ax.plot(s["step"], s[name], marker="o" if len(s) < 30 else None, ms=3, lw=1.2, color="tab:blue")
+        if len(s) >= 8:  # a moving average makes the trend of noisy per-step values visible
+            ax.plot(s["step"], s[name].rolling(5, center=True, min_periods=2).mean(), color="tab:red", lw=1.5,
+                    alpha=0.8, label="5-step mean")
+            ax.legend(fontsize=7)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(chosen):]:
+        ax.set_visible(False)
+    fig.suptitle("Training curves", fontsize=11)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _results_frame(results_md: Path | None) -> pd.DataFrame | None:
+    """The evaluation's long-form results (results.parquet beside results.md), if it is there."""
+    if results_md is None:
+        return None
+    path = Path(results_md).with_name("results.parquet")
+    if not path.is_file():
+        return None
+    df = pd.read_parquet(path)
+    need = {"checkpoint", "step", "method", "benchmark", "metric", "value"}
+    if not need <= set(df.columns):
+        raise ReportError(f"{path}: expected columns {sorted(need)}, found {sorted(df.columns)}")
+    return df
+
+
+def _headline(results: pd.DataFrame | None, analysis: Mapping[str, Any] | None) -> list[str]:
+    lines = []
+    if results is not None:
+        em = results[(results["metric"] == "em") & (results["benchmark"] == "average")]
+        agent = em[em["method"] == "search_agent"].sort_values("step")
+        if not agent.empty:
+            first, last = agent.iloc[0], agent.iloc[-1]
+            best = agent.loc[agent["value"].idxmax()]
+            lines.append(f"- **Search agent, average exact match:** {first['value']:.3f} at {first['checkpoint']} → "
+                         f"{last['value']:.3f} at {last['checkpoint']} (best {best['value']:.3f} at "
+                         f"{best['checkpoint']}).")
+        for method in ("rag", "direct"):
+            b = em[em["method"] == method].sort_values("step")
+            if not b.empty:
+                lines.append(f"- **{method.upper() if method == 'rag' else 'Direct answer'} baseline:** "
+                             f"{b.iloc[-1]['value']:.3f} ({b.iloc[-1]['checkpoint']}).")
+    if analysis:
+        s = analysis.get("statistics", {})
+        if "across_checkpoints" in s:
+            lines.append(f"- **Reflective phrases vs. score:** {s['across_checkpoints']['verdict']}.")
+        if "within_checkpoint" in s:
+            lines.append(f"- **Within a checkpoint:** {s['within_checkpoint']['verdict']}.")
+    return lines
+
+
+def _baselines(results: pd.DataFrame | None) -> str:
+    if results is None:
+        return "_results.parquet not found next to the results table; no baseline breakdown._"
+    em = results[results["metric"] == "em"]
+    if em.empty:
+        return "_no exact-match rows in the results._"
+    wide = em.pivot_table(index=["method", "checkpoint", "step"], columns="benchmark", values="value",
+                          aggfunc="first").reset_index()
+    benches = [c for c in wide.columns if c not in ("method", "checkpoint", "step") and c != "average"]
+    cols = ["method", "checkpoint"] + sorted(benches) + (["average"] if "average" in wide.columns else [])
+    order = {"direct": 0, "rag": 1, "search_agent": 2}
+    wide = wide.sort_values(["method", "step"], key=lambda s: s.map(order).fillna(9) if s.name == "method" else s)
+    return ("Exact match of every method at every evaluated checkpoint (direct = the model answers without "
+            "search; rag = top-k passages retrieved for the question, then one answer):\n\n" + _table(wide, cols))
+
+
+def _reflection_section(analysis_dir: Path | None, out_dir: Path) -> tuple[str, dict | None]:
+    if analysis_dir is None or not (Path(analysis_dir) / "analysis.md").is_file():
+        return "_The reflection analysis did not run for this pipeline run._", None
+    analysis_dir = Path(analysis_dir)
+    md = (analysis_dir / "analysis.md").read_text(encoding="utf-8")
+    data = None
+    if (analysis_dir / "analysis.json").is_file():
+        data = json.loads((analysis_dir / "analysis.json").read_text(encoding="utf-8"))
+    for png in sorted(analysis_dir.glob("*.png")):
+        _copy_png(png, out_dir, f"reflection_{png.name}")
+    # analysis.md references its figures by bare name; here they carry a prefix
+    md = re.sub(r"!\[([^\]]*)\]\(([^)/]+\.png)\)", r"![\1](reflection_\2)", md)
+    md = re.sub(r"^## Reflective-phrase analysis\s*$", "", md, count=1, flags=re.M)
+    return md.strip(), data
+
+
+# ---------------------------------------------------------------------------------------------- html
+
+
+def render_html(markdown: str, out_dir: Path, title: str) -> str:
+    """Markdown → one HTML page; every local PNG is inlined as a data URI so the file stands alone."""
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark", {"html": True}).enable("table").render(markdown)
+
+    def inline(m: re.Match) -> str:
+        src = html.unescape(m.group(1))
+        path = out_dir / src
+        if "/" in src or not path.is_file():
+            return m.group(0)
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        return f'src="data:image/png;base64,{data}"'
+
+    body = re.sub(r'src="([^"]+\.png)"', inline, body)
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>{html.escape(title)}</title><style>{CSS}</style></head>\n<body>\n{body}\n</body></html>\n")
+
+
+# ---------------------------------------------------------------------------------------------- the report
+
+
+def build_report(out_dir: Path, *, config: dict, stages: Mapping[str, dict], results_md: Path | None,
+                 results_png: Path | None, analysis_dir: Path | None, train_metrics: pd.DataFrame | None,
+                 mlflow_links: Mapping[str, str]) -> dict[str, Path]:
+    """Write report.md, report.html and the PNGs they show into out_dir; returns {name: path}."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_name = _get(config, "run.name", "run")
+    title = f"reproduce-search-r1 — {run_name} run report"
+    results = _results_frame(results_md)
+    reflection_md, analysis = _reflection_section(analysis_dir, out_dir)
+    curves = plot_training_curves(train_metrics, out_dir / "training_curves.png") if train_metrics is not None \
+        else None
+    results_img = _copy_png(results_png, out_dir, "results.png")
+
+    md: list[str] = [f"# {title}", "",
+                     f"Generated {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}. Search-R1 (GRPO with a "
+                     "search tool) reproduced as one Prefect flow, tracked in MLflow.", ""]
+    head = _headline(results, analysis)
+    if head:
+        md += ["## Summary", ""] + head + [""]
+    devs = deviations(config, stages)
+    if devs:
+        md += ["## Deviations from Search-R1", "",
+               "This run is a scaled-down stand-in for the paper's setup, so its numbers test the pipeline and the "
+               "method's mechanics, not the paper's scores:", ""] + [f"- {d}" for d in devs] + [""]
+
+    md += ["## Configuration", "", _config_summary(config), "",
+           "The full configuration is in the appendix and logged as `config.json` on the MLflow pipeline run.", ""]
+
+    md += ["## Corpus, questions and index", ""]
+    for name in ("corpus", "questions", "index", "train-data"):
+        if name in stages:
+            md += [f"### {name}", "", _facts(stages[name]), ""]
+
+    md += ["## Training", ""]
+    for name in ("warm-start", "train"):
+        if name in stages:
+            md += [f"### {name}", "", _facts(stages[name]), ""]
+    if curves is not None:
+        md += ["![training curves](training_curves.png)", ""]
+    else:
+        md += ["_No training metrics were recorded._", ""]
+
+    md += ["## Results", ""]
+    if results_md is not None and Path(results_md).is_file():
+        md += [Path(results_md).read_text(encoding="utf-8").strip(), ""]
+    else:
+        md += ["_No results table was produced._", ""]
+    if results_img:
+        md += ["![results](results.png)", ""]
+    md += ["## Baselines", "", _baselines(results), ""]
+    if "evaluate" in stages:
+        md += ["### evaluation", "", _facts(stages["evaluate"]), ""]
+
+    md += ["## Reflective-phrase analysis", "", reflection_md, ""]
+
+    md += ["## MLflow runs", ""]
+    md += [f"- [{name}]({url})" for name, url in mlflow_links.items()] or ["_none recorded_"]
+    md += ["", "Start the UI with `mlflow server --backend-store-uri sqlite:///$PWD/artifacts/mlflow.db "
+           "--host 127.0.0.1 --workers 1` to follow these links.", ""]
+
+    md += ["## Appendix: full configuration", "", "```yaml",
+           yaml.safe_dump(config, sort_keys=False, default_flow_style=False).strip(), "```", ""]
+
+    text = "\n".join(md)
+    paths: dict[str, Path] = {"md": _write_text(out_dir / "report.md", text),
+                              "html": _write_text(out_dir / "report.html", render_html(text, out_dir, title))}
+    for png in sorted(out_dir.glob("*.png")):
+        paths[f"png:{png.stem}"] = png
+    return paths

@@ -1,0 +1,111 @@
+"""The run report: Markdown + self-contained HTML from stage summaries, results, analysis and metrics."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_reflection_analysis import make_run  # noqa: I001  (same tests folder)
+
+from searchr1.config import PipelineConfig
+from searchr1.reflection.analysis import analyse
+from searchr1.reflection.config import ReflectionConfig
+from searchr1.report import build_report, deviations, warm_start_used
+
+
+def _tiny_config() -> dict:
+    cfg = PipelineConfig().model_dump(mode="json")
+    cfg["training"]["warm_start"]["enabled"] = True
+    return cfg
+
+
+def _inputs(tmp_path):
+    eval_dir, train_dir = make_run(tmp_path, "planted", n_ckpt=6, per_bench=40, train_steps=4)
+    analysis_dir = tmp_path / "analysis"
+    analyse(eval_dir, train_dir, ReflectionConfig(bootstrap_samples=200), analysis_dir)
+    rows = []
+    for ckpt, step in (("base", 0), ("step-000050", 50)):
+        for method, base in (("search_agent", 0.3), ("rag", 0.2), ("direct", 0.05)):
+            for bench in ("single_hop", "bridge", "average"):
+                rows.append({"checkpoint": ckpt, "step": step, "method": method, "benchmark": bench,
+                             "metric": "em", "value": base + step / 500, "n": 40})
+    pd.DataFrame(rows).to_parquet(eval_dir / "results.parquet")  # replaces the fixture's search-agent-only one
+    (eval_dir / "results.md").write_text("| benchmark | this run | paper | seed |\n|---|---|---|---|\n"
+                                         "| nq | 0.10 | 39.7 | 40.6 |\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.bar(["a", "b"], [1, 2])
+    fig.savefig(eval_dir / "results.png")
+    plt.close(fig)
+    steps = np.arange(1, 21)
+    metrics = pd.DataFrame({"step": steps, "reward/mean": steps / 40, "train/em": steps / 50,
+                            "loss": 1 / steps, "reflection/ratio": steps / 30})
+    return eval_dir, analysis_dir, metrics
+
+
+def test_report_has_every_section_and_embeds_figures(tmp_path):
+    eval_dir, analysis_dir, metrics = _inputs(tmp_path)
+    stages = {"corpus": {"n_passages": 1234, "source": "synthetic"}, "index": {"kind": "flat", "dim": 384},
+              "questions": {"benchmarks": ["single_hop", "bridge"]}, "warm-start": {"examples": 384},
+              "train": {"steps": 20, "warm_start": True}, "evaluate": {"checkpoints": 2}, "reflection": {}}
+    out = tmp_path / "report"
+    paths = build_report(out, config=_tiny_config(), stages=stages, results_md=eval_dir / "results.md",
+                         results_png=eval_dir / "results.png", analysis_dir=analysis_dir, train_metrics=metrics,
+                         mlflow_links={"pipeline run": "http://127.0.0.1:5000/#/experiments/1/runs/abc"})
+    md = paths["md"].read_text()
+    for heading in ("## Summary", "## Deviations from Search-R1", "## Configuration", "## Corpus, questions and index",
+                    "## Training", "## Results", "## Baselines", "## Reflective-phrase analysis", "## MLflow runs",
+                    "## Appendix: full configuration"):
+        assert heading in md, heading
+    assert "Supervised warm start" in md and "SmolLM2-135M-Instruct" in md and "fictional world" in md
+    assert "1,234" in md                                # corpus facts from the stage summary
+    assert "| nq | 0.10 | 39.7 | 40.6 |" in md          # the results table as produced by evaluation
+    verdict = json.loads((analysis_dir / "analysis.json").read_text())["statistics"]["across_checkpoints"]["verdict"]
+    assert verdict.startswith("strong positive relation") and verdict in md  # the analysis verdict
+    assert "http://127.0.0.1:5000/#/experiments/1/runs/abc" in md
+    assert re.search(r"\| rag \| base \|", md)          # baselines from results.parquet
+    for png in ("training_curves.png", "results.png", "reflection_ratio_vs_score.png"):
+        assert (out / png).is_file() and f"]({png})" in md
+
+    page = paths["html"].read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<table>" in page
+    assert 'src="data:image/png;base64,' in page
+    assert not re.search(r'src="[^"]+\.png"', page)  # every image inlined: the page stands alone
+    first = re.search(r'src="data:image/png;base64,([^"]+)"', page).group(1)
+    assert base64.b64decode(first)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_without_optional_inputs(tmp_path):
+    cfg = PipelineConfig().model_dump(mode="json")
+    cfg["corpus"]["source"] = "wiki18"
+    cfg["questions"]["source"] = "flashrag"
+    cfg["policy"]["model"] = "Qwen/Qwen2.5-3B-Instruct"
+    cfg["training"]["engine"] = "verl"
+    cfg["retrieval"]["embedder"]["model"] = "intfloat/e5-base-v2"
+    paths = build_report(tmp_path / "r", config=cfg, stages={"train": {"warm_start": False}}, results_md=None,
+                         results_png=None, analysis_dir=None, train_metrics=None, mlflow_links={})
+    md = paths["md"].read_text()
+    assert "## Deviations" not in md  # the paper setup deviates in nothing the report knows about
+    assert "did not run" in md and "No training metrics" in md
+    assert paths["html"].is_file()
+
+
+@pytest.mark.parametrize("train, stages_extra, enabled, expected", [
+    ({"warm_start": True}, {}, False, True),
+    ({"warm_start": {"enabled": False}}, {}, True, False),
+    ({}, {"warm-start": {}}, False, True),
+    ({}, {}, True, True),
+    ({}, {}, False, False),
+])
+def test_warm_start_detection(train, stages_extra, enabled, expected):
+    cfg = {"training": {"warm_start": {"enabled": enabled}}}
+    assert warm_start_used(cfg, {"train": train, **stages_extra}) is expected
+    assert any("warm start" in d for d in deviations(cfg, {"train": train, **stages_extra})) is expected
