@@ -305,7 +305,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         cfg = load_config(a.config, a.set)
     else:
         cfg = config_from_dict(apply_overrides({}, a.set), source="--set")
-    serve(a.index, cfg.retrieval, a.host, a.port)
+    try:
+        serve(a.index, cfg.retrieval, a.host, a.port)
+    except (FileNotFoundError, ValueError, RuntimeError, OSError) as exc:  # bad index/config/port: no traceback
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
