@@ -58,16 +58,21 @@ def _fmt(v: Any, digits: int = 3) -> str:
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, float):
-        return f"{v:,.{digits}f}" if abs(v) < 1e6 else f"{v:.3g}"
+        if v != 0 and (abs(v) < 10 ** -digits or abs(v) >= 1e6):
+            return f"{v:.3g}"  # learning rates, tiny p-values
+        return f"{v:,.{digits}f}"
     if isinstance(v, int):
         return f"{v:,}"
     if isinstance(v, list | tuple):
         text = ", ".join(_fmt(x) for x in v[:8]) + (f", … ({len(v)} in all)" if len(v) > 8 else "")
         return text
-    if isinstance(v, dict):
-        return json.dumps(v, default=str)[:160]
-    s = str(v).replace("|", "\\|").replace("\n", " ")
-    return s if len(s) <= 160 else s[:157] + "…"
+    s = json.dumps(v, default=str) if isinstance(v, dict) else str(v)
+    return _escape(s if len(s) <= 160 else s[:157] + "…")
+
+
+def _escape(text: str) -> str:
+    """Literal text in Markdown (stage summaries, config values): no tags, pipes or emphasis of its own."""
+    return "".join("\\" + ch if ch in "\\`*_[]<>|#~&" else ch for ch in " ".join(text.split()))
 
 
 def _table(rows: list[Mapping[str, Any]] | pd.DataFrame, columns: list[str] | None = None) -> str:
@@ -304,7 +309,11 @@ def render_html(markdown: str, out_dir: Path, title: str) -> str:
     """Markdown → one HTML page; every local PNG is inlined as a data URI so the file stands alone."""
     from markdown_it import MarkdownIt
 
-    body = MarkdownIt("commonmark", {"html": True}).enable("table").render(markdown)
+    # html=False: nothing in the report (model text, summaries) can inject markup into the page
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
+    # the long config appendix starts folded
+    body = re.sub(r"(<h2>Appendix: full configuration</h2>\s*)(<pre>.*?</pre>)",
+                  r"\1<details><summary>show the configuration</summary>\2</details>", body, flags=re.S)
 
     def inline(m: re.Match) -> str:
         src = html.unescape(m.group(1))

@@ -104,6 +104,9 @@ def test_planted_relation_is_recovered(tmp_path):
     assert res["examples"]
     assert all("wait" in e["passage"].lower() or "re-verify" in e["passage"] for e in res["examples"])
     assert {e["correct"] for e in res["examples"]} == {True, False}
+    md = (tmp_path / "out" / "analysis.md").read_text()
+    assert "Typical self-verification passages" in md
+    assert "\\<think\\>" in md and "<think>" not in md  # model text is quoted literally, never as markup
     assert any(s == 90 and "reflection/ratio" in m for m, s in logged)
     assert any(s is None and "reflection/pearson_r" in m for m, s in logged)
     json.dumps(summary)  # JSON-able

@@ -109,3 +109,11 @@ def test_warm_start_detection(train, stages_extra, enabled, expected):
     cfg = {"training": {"warm_start": {"enabled": enabled}}}
     assert warm_start_used(cfg, {"train": train, **stages_extra}) is expected
     assert any("warm start" in d for d in deviations(cfg, {"train": train, **stages_extra})) is expected
+
+
+def test_html_never_passes_markup_through(tmp_path):
+    from searchr1.report import render_html
+
+    page = render_html("Model said <script>alert(1)</script> and <think>hmm</think>", tmp_path, "t")
+    body = page.split("<body>", 1)[1]
+    assert "<script>" not in body and "&lt;script&gt;" in body and "<think>" not in body

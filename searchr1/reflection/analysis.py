@@ -274,6 +274,14 @@ def _fmt(v: Any, digits: int = 3, pvalue: bool = False) -> str:
     return str(v)
 
 
+_MD_SPECIAL = set("\\`*_[]<>|#~&!")
+
+
+def md_escape(text: str) -> str:
+    """Model and question text shown literally in Markdown: no tags, emphasis or links of its own."""
+    return "".join("\\" + ch if ch in _MD_SPECIAL else ch for ch in " ".join(str(text).split()))
+
+
 def markdown_table(df: pd.DataFrame, columns: list[str] | None = None, digits: int = 3) -> str:
     columns = columns or list(df.columns)
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
@@ -342,12 +350,15 @@ def write_markdown(result: dict, path: Path) -> None:
         for ex in result["examples"]:
             verdict = "right" if ex["correct"] else "wrong"
             p = ex["passage"]
-            quote = p[:ex["match_start"]] + "**" + p[ex["match_start"]:ex["match_end"]] + "**" + p[ex["match_end"]:]
-            quote = " ".join(quote.split())
-            lines += [f"- *{ex['benchmark']}, {ex['checkpoint']}, turn {ex['turn']}* — Q: {ex['question']}  ",
+            a, b = ex["match_start"], ex["match_end"]
+            left = md_escape(p[:a]) + (" " if p[:a][-1:].isspace() else "")
+            right = (" " if p[b:][:1].isspace() else "") + md_escape(p[b:])
+            quote = f"{left}**{md_escape(p[a:b])}**{right}"
+            gold = " / ".join(md_escape(g) for g in ex["golden_answers"])
+            lines += [f"- *{md_escape(ex['benchmark'])}, {ex['checkpoint']}, turn {ex['turn']}* — "
+                      f"Q: {md_escape(ex['question'])}  ",
                       f"  > {quote}  ",
-                      f"  answer `{ex['prediction'] or '(none)'}`, gold `{' / '.join(ex['golden_answers'])}` "
-                      f"→ **{verdict}**", ""]
+                      f"  answer: {md_escape(ex['prediction']) or '(none)'}; gold: {gold} → **{verdict}**", ""]
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("\n".join(lines), encoding="utf-8")
     os.replace(tmp, path)

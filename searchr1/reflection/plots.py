@@ -131,7 +131,7 @@ def plot_within_checkpoint(table: pd.DataFrame, path: Path) -> Path:
                 ax.text(xi, (0 if math.isnan(e) else e) + 0.01, f"n={int(ni)}", ha="center", va="bottom",
                         fontsize=6, rotation=90)
         ax.set_xticks(x, g["checkpoint"], rotation=30, ha="right", fontsize=8)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_ylabel("exact match")
     ax.set_ylim(0, min(1.15, ax.get_ylim()[1] + 0.1))
     ax.set_title("Within each checkpoint: EM of reflective vs. other rollouts")
