@@ -1,0 +1,116 @@
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from test_agent_fixtures import QUESTIONS, KeywordSearcher, ScriptedGenerator, search_then_answer
+
+import searchr1.evaluation.evaluate as ev
+from searchr1.config import PipelineConfig
+from searchr1.evaluation.results import results_table
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def answer_first_title(history: str, turn: int) -> str:
+    """The agent searches then answers with the first title; the baselines (no "search engine" in
+    their prompt) always answer 'Ebrisca'."""
+    if "search engine" not in history:
+        return "<answer> Ebrisca </answer>"
+    return search_then_answer(history, turn)
+
+
+@pytest.fixture
+def fake_models(monkeypatch):
+    loaded = []
+
+    def make(path, agent_cfg, policy_cfg, greedy=True):
+        loaded.append(str(path))
+        return ScriptedGenerator(answer_first_title)
+
+    monkeypatch.setattr(ev, "make_generator", make)
+    return loaded
+
+
+def run(tmp_path, logged, checkpoints=((0, "base-folder"), (10, "ckpt-10"))):
+    questions = {"single_hop": QUESTIONS[:5], "bridge": QUESTIONS[12:15]}
+    return ev.evaluate_checkpoints(list(checkpoints), questions, KeywordSearcher(), PipelineConfig(),
+                                   tmp_path, log_metrics=lambda m, s: logged.append((dict(m), s)), progress=False)
+
+
+def test_evaluate_writes_rollouts_results_and_metrics(tmp_path: Path, fake_models):
+    logged: list = []
+    summary = run(tmp_path, logged)
+    assert summary["computed"] == 2 * 3 * 2 and summary["skipped"] == 0
+    assert fake_models == ["base-folder", "ckpt-10"]
+    assert (tmp_path / "rollouts" / "base" / "search_agent__single_hop.parquet").is_file()
+    assert (tmp_path / "rollouts" / "step-000010" / "rag__bridge.parquet").is_file()
+    res = pd.read_parquet(tmp_path / "results.parquet")
+    assert list(res.columns) == ["checkpoint", "step", "method", "benchmark", "metric", "value", "n"]
+    assert set(res["benchmark"]) == {"single_hop", "bridge", "average"}
+    assert set(res["metric"]) == set(ev.METRICS)
+    agent = res[(res["method"] == "search_agent") & (res["step"] == 0)].set_index(["benchmark", "metric"])["value"]
+    assert agent[("single_hop", "mean_turns")] == 2.0 and agent[("single_hop", "search_calls")] == 1.0
+    assert agent[("single_hop", "format_failure_rate")] == 0.0
+    # macro average: each benchmark counts once
+    assert agent[("average", "em")] == pytest.approx((agent[("single_hop", "em")] + agent[("bridge", "em")]) / 2)
+    direct = res[(res["method"] == "direct") & (res["metric"] == "em")].set_index(["step", "benchmark"])["value"]
+    assert direct[(0, "single_hop")] == 0.0 and direct[(0, "bridge")] == pytest.approx(1 / 3)  # q14: Ebrisca
+    assert [s for _, s in logged] == [0, 10]
+    assert "eval/search_agent/average/em" in logged[0][0] and "eval/rag/bridge/invalid_call_rate" in logged[1][0]
+    assert summary["search_agent_average_em"].keys() == {0, 10}
+
+
+def test_resume_skips_finished_pairs(tmp_path: Path, fake_models):
+    run(tmp_path, [])
+    before = pd.read_parquet(tmp_path / "results.parquet")
+    (tmp_path / "rollouts" / "step-000010" / "direct__bridge.parquet").unlink()
+    fake_models.clear()
+    summary = run(tmp_path, [])
+    assert summary["computed"] == 1 and summary["skipped"] == 11
+    assert fake_models == ["ckpt-10"]  # the base model is not even loaded
+    pd.testing.assert_frame_equal(before, pd.read_parquet(tmp_path / "results.parquet"))
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_bad_input_is_named(tmp_path: Path, fake_models):
+    with pytest.raises(ValueError, match="duplicate"):
+        run(tmp_path, [], checkpoints=((0, "a"), (0, "b")))
+    with pytest.raises(ValueError, match=r"question #0 .*golden_answers"):
+        ev.evaluate_checkpoints([(0, "a")], {"x": [{"id": "1", "question": "q"}]}, KeywordSearcher(),
+                                PipelineConfig(), tmp_path)
+
+
+def test_flashrag_format_file_goes_through_the_same_path(tmp_path: Path, fake_models):
+    path = DATA / "flashrag-format" / "nq_test_sample.jsonl"
+    if not path.is_file():
+        pytest.skip(f"{path} not present (shared reference data)")
+    nq = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()][:4]
+    out = ev.evaluate_checkpoints([(0, "base")], {"nq": nq}, KeywordSearcher(), PipelineConfig(), tmp_path,
+                                  progress=False)
+    res = pd.read_parquet(out["results"])
+    assert set(res["benchmark"]) == {"nq", "average"} and res["n"].max() == 4
+
+
+@pytest.mark.parametrize("reference", [False, True])
+def test_results_table(tmp_path: Path, fake_models, reference):
+    run(tmp_path, [])
+    paths = results_table(tmp_path / "results.parquet", tmp_path / "report", reference=reference)
+    md = paths["markdown"].read_text()
+    assert paths["png"].stat().st_size > 1000
+    assert "| single_hop | 5 |" in md and "| average |" in md
+    assert "search_agent @ step-000010" in md and "rag @ base" in md
+    assert ("Search-R1 paper" in md) == reference
+    if not reference:
+        assert "search_agent @ base" in md
+
+
+def test_results_table_with_paper_benchmarks(tmp_path: Path):
+    rows = [{"checkpoint": "step-000100", "step": 100, "method": m, "benchmark": b, "metric": "em", "value": v,
+             "n": 10} for m, v in (("search_agent", 0.4), ("rag", 0.3)) for b in ("nq", "bamboogle", "average")]
+    pd.DataFrame(rows).to_parquet(tmp_path / "results.parquet")
+    md = results_table(tmp_path / "results.parquet", tmp_path, reference=True)["markdown"].read_text()
+    assert "| nq | 10 | 40.0 | 30.0 | 39.7 | 40.6 |" in md
+    assert "| average | 10 | 40.0 | 30.0 | 31.4 | 35.1 |" in md  # references averaged over the same benchmarks
+    with pytest.raises(FileNotFoundError, match="evaluation stage"):
+        results_table(tmp_path / "missing.parquet", tmp_path, reference=True)
