@@ -129,3 +129,15 @@ def test_bad_lexicon_file_names_the_line(tmp_path, content, message):
         load_lexicon(f)
     with pytest.raises(LexiconError, match="not found"):
         load_lexicon(tmp_path / "missing.txt")
+
+
+def test_offsets_survive_characters_that_change_length_when_lower_cased():
+    text = "İstanbul? Wait, no."  # 'İ'.lower() is two characters
+    (m,) = find_phrases(text)
+    assert (m.phrase, text[m.start:m.end]) == ("wait", "Wait")
+
+
+def test_phrases_that_start_or_end_with_punctuation():
+    lex = parse_lexicon("[p]\n...wait\nhmm...\nwait\n")
+    assert phrases("so...wait, hmm... ok", lex) == ["...wait", "hmm..."]
+    assert phrases("hmm...x", lex) == ["hmm..."]  # no word boundary needed after punctuation

@@ -51,11 +51,7 @@ def reasoning_text(text: str, masked_tags: tuple[str, ...] = MASKED_TAGS) -> str
 def find_phrases(text: str, lexicon: Lexicon | None = None) -> list[PhraseMatch]:
     """Every lexicon phrase in `text`, left to right, non-overlapping (longest phrase wins at a position)."""
     lexicon = lexicon or default_lexicon()
-    out = []
-    for m in lexicon.regex.finditer(text):
-        phrase = lexicon.phrase_for(m.lastgroup)
-        out.append(PhraseMatch(phrase.text, phrase.category, m.group(0), m.start(), m.end()))
-    return out
+    return [PhraseMatch(p.text, p.category, text[a:b], a, b) for p, a, b in lexicon.finditer(text)]
 
 
 def _segments(segments: Iterable[Mapping[str, Any]]) -> Iterable[tuple[str, str]]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -34,7 +35,7 @@ class Phrase:
     category: str
 
 
-def _phrase_pattern(phrase: str) -> str:
+def _phrase_body(phrase: str) -> str:
     parts = []
     for ch in phrase:
         if ch.isspace():
@@ -46,11 +47,8 @@ def _phrase_pattern(phrase: str) -> str:
             parts.append("['’]")
         else:
             parts.append(re.escape(ch))
-    body = "".join(parts)
-    # \b only makes sense next to a word character; "hmm..." or "(wait" still need a boundary on the word side
-    left = r"(?<!\w)" if phrase[0].isalnum() else ""
-    right = r"(?!\w)" if phrase[-1].isalnum() else ""
-    return left + body + right
+    # the right boundary only makes sense after a word character ("hmm..." may be followed by anything)
+    return "".join(parts) + (r"(?!\w)" if phrase[-1].isalnum() else "")
 
 
 @dataclass(frozen=True)
@@ -58,7 +56,7 @@ class Lexicon:
     phrases: tuple[Phrase, ...]
     source: str = "<inline>"
     _regex: re.Pattern = field(init=False, repr=False, compare=False)
-    _by_text: dict = field(init=False, repr=False, compare=False)
+    _ordered: tuple = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.phrases:
@@ -66,16 +64,33 @@ class Lexicon:
         # Longest phrase first: at one position the alternation takes the first branch that matches, so
         # "let me re-verify" wins over a shorter phrase starting at the same place and is counted once.
         ordered = sorted(self.phrases, key=lambda p: -len(p.text))
-        groups = "|".join(f"(?P<p{i}>{_phrase_pattern(p.text)})" for i, p in enumerate(ordered))
-        object.__setattr__(self, "_regex", re.compile(groups, re.IGNORECASE))
-        object.__setattr__(self, "_by_text", {f"p{i}": p for i, p in enumerate(ordered)})
+        words = [_phrase_body(p.text) for p in ordered if p.text[0].isalnum()]
+        others = [_phrase_body(p.text) for p in ordered if not p.text[0].isalnum()]
+        # One left boundary for all word-initial phrases, and lower-cased text instead of IGNORECASE:
+        # together ~30x faster than a boundary per branch, which matters for millions of rollouts.
+        alternatives = [r"(?<!\w)(?:" + "|".join(words) + ")"] if words else []
+        alternatives += [f"(?:{o})" for o in others]
+        object.__setattr__(self, "_regex", re.compile("|".join(alternatives)))
+        object.__setattr__(self, "_ordered", tuple(
+            (p, re.compile(_phrase_body(p.text), re.IGNORECASE)) for p in ordered))
 
-    @property
-    def regex(self) -> re.Pattern:
-        return self._regex
+    def finditer(self, text: str) -> Iterator[tuple[Phrase, int, int]]:
+        """(phrase, start, end) of each non-overlapping match, left to right, case-insensitive."""
+        low = text.lower()
+        if len(low) != len(text):  # a few characters change length when lower-cased; keep offsets exact
+            low = text
+            regex = re.compile(self._regex.pattern, re.IGNORECASE)
+        else:
+            regex = self._regex
+        for m in regex.finditer(low):
+            yield self._which(m.group(0)), m.start(), m.end()
 
-    def phrase_for(self, group_name: str) -> Phrase:
-        return self._by_text[group_name]
+    def _which(self, matched: str) -> Phrase:
+        # the first (longest) phrase that matches the text exactly is the branch the alternation took
+        for phrase, pattern in self._ordered:
+            if pattern.fullmatch(matched):
+                return phrase
+        raise AssertionError(f"no phrase matches {matched!r}")  # unreachable: the text came from the regex
 
     @property
     def categories(self) -> tuple[str, ...]:
