@@ -1,0 +1,166 @@
+"""Supervised warm start on search traces: a deviation from Search-R1, on only where the policy needs it.
+
+SmolLM2-135M never calls the tool by itself (0 of 32 samples; DESIGN.md), so every GRPO group
+has zero reward variance and nothing to learn. We first fine-tune on traces built from the
+synthetic world's train split, one search call per hop:
+
+    question -> search(hop query) -> the REAL tool response from the searcher -> ... ->
+    short reasoning -> <answer>golden</answer>
+
+Traces whose retrieved text does not contain the answer are dropped (the model would learn to
+answer from nowhere). The loss covers only what the model would write: tool responses, the prompt
+and the chat template's turn headers are masked, as in GRPO.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from searchr1.agent.prompts import build_messages, tools_for
+from searchr1.agent.trace import Question
+from searchr1.cache import atomic_dir
+from searchr1.retrieval.base import Searcher
+from searchr1.rewards import normalize_answer
+from searchr1.tracking import MetricsLogger, null_logger
+from searchr1.training.search_tool import ToolStats, make_search_tool
+
+IGNORE = -100
+
+
+def trace_messages(q: Question, tool_texts: Sequence[str]) -> list[dict[str, Any]]:
+    """The chat of one warm-start trace (tool_call prompt style)."""
+    hops = q["metadata"]["hop_queries"]
+    golden = q["golden_answers"][0]
+    msgs: list[dict[str, Any]] = list(build_messages(q["question"], "tool_call"))
+    for i, (hop, text) in enumerate(zip(hops, tool_texts, strict=True)):
+        think = ("<think>I need to search for " if i == 0 else "<think>Now I need to search for ") + hop + ".</think>"
+        msgs.append({"role": "assistant", "content": think, "tool_calls": [
+            {"type": "function", "function": {"name": "search", "arguments": {"query_list": [hop]}}}]})
+        msgs.append({"role": "tool", "name": "search", "content": text})
+    final = f"<think>The search results say the answer is {golden}.</think>\n<answer>{golden}</answer>"
+    msgs.append({"role": "assistant", "content": final})
+    return msgs
+
+
+def tokenize_trace(tokenizer, messages: Sequence[Mapping[str, Any]], tools) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) with labels = IGNORE everywhere except the assistant's own tokens.
+
+    The chat is rendered one message at a time; each piece is the new text the template adds, so
+    the header that opens an assistant turn (part of the generation prompt) stays masked.
+    """
+    ids: list[int] = []
+    labels: list[int] = []
+    done = ""
+    for i, msg in enumerate(messages):
+        is_assistant = msg["role"] == "assistant"
+        if is_assistant:  # the turn header belongs to the prompt
+            head = tokenizer.apply_chat_template(list(messages[:i]), tools=tools, add_generation_prompt=True,
+                                                 tokenize=False)
+            ids, labels, done = _extend(tokenizer, ids, labels, done, head, train=False)
+        full = tokenizer.apply_chat_template(list(messages[: i + 1]), tools=tools, tokenize=False)
+        ids, labels, done = _extend(tokenizer, ids, labels, done, full, train=is_assistant)
+    return ids, labels
+
+
+def _extend(tokenizer, ids, labels, done: str, text: str, train: bool):
+    if not text.startswith(done):
+        raise ValueError("the chat template is not prefix-preserving; cannot mask turns of a warm-start trace")
+    piece = tokenizer(text[len(done):], add_special_tokens=False)["input_ids"]
+    return ids + piece, labels + (piece if train else [IGNORE] * len(piece)), text
+
+
+def build_traces(questions: Mapping[str, Sequence[Question]], searcher: Searcher, tokenizer, cfg,
+                 n_examples: int) -> tuple[list[list[dict[str, Any]]], dict[str, Any]]:
+    """Traces for up to `n_examples` questions, the suites interleaved; only those whose search finds the answer."""
+    rng = random.Random(cfg.run.seed)
+    pools = {b: [q for q in qs if q.get("metadata", {}).get("hop_queries")] for b, qs in questions.items()}
+    if not any(pools.values()):
+        raise ValueError("warm start needs questions with metadata.hop_queries (the synthetic suites); "
+                         f"none found in {sorted(questions)}")
+    for pool in pools.values():
+        rng.shuffle(pool)
+    order: list[Question] = []
+    while any(pools.values()) and len(order) < 2 * n_examples:
+        for pool in pools.values():
+            if pool:
+                order.append(pool.pop())
+    tool = make_search_tool(searcher, cfg.agent.topk, cfg.agent.max_obs_tokens, tokenizer,
+                            cfg.agent.max_queries_per_call, cfg.agent.max_query_chars, ToolStats())
+    traces, dropped = [], 0
+    for q in tqdm(order, desc="warm-start traces", leave=False):
+        if len(traces) >= n_examples:
+            break
+        texts = [tool([hop]) for hop in q["metadata"]["hop_queries"]]
+        found = normalize_answer(" ".join(texts))
+        if not any(normalize_answer(g) in found for g in q["golden_answers"]):
+            dropped += 1
+            continue
+        traces.append(trace_messages(q, texts))
+    return traces, {"traces": len(traces), "dropped_answer_not_retrieved": dropped}
+
+
+def warm_start(policy_path: Path | str, questions: Mapping[str, Sequence[Question]], searcher: Searcher, cfg,
+               out_dir: Path, log_metrics: MetricsLogger = null_logger) -> dict[str, Any]:
+    """Fine-tune on search traces; the HF folder goes to out_dir/model (written atomically)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    ws = cfg.training.warm_start
+    torch.manual_seed(cfg.run.seed)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok = AutoTokenizer.from_pretrained(policy_path, trust_remote_code=cfg.policy.trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    traces, summary = build_traces(questions, searcher, tok, cfg, ws.n_examples)
+    if not traces:
+        raise ValueError("warm start: no trace found its answer in the retrieved text; check the index")
+    with (out_dir / "traces.jsonl").open("w", encoding="utf-8") as fh:
+        for t in traces:
+            fh.write(json.dumps(t) + "\n")
+    tools = tools_for("tool_call")
+    examples = [tokenize_trace(tok, t, tools) for t in traces]
+    model = AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32,
+                                                 trust_remote_code=cfg.policy.trust_remote_code)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=ws.learning_rate, weight_decay=0.0)
+    rng = random.Random(cfg.run.seed)
+    step, t0, tokens, losses = 0, time.perf_counter(), 0, []
+    total = ws.epochs * ((len(examples) + ws.batch_size - 1) // ws.batch_size)
+    bar = tqdm(total=total, desc="warm start")
+    for _ in range(ws.epochs):
+        order = list(range(len(examples)))
+        rng.shuffle(order)
+        for b in range(0, len(order), ws.batch_size):
+            batch = [examples[i] for i in order[b: b + ws.batch_size]]
+            width = max(len(ids) for ids, _ in batch)
+            input_ids = torch.tensor([ids + [tok.pad_token_id] * (width - len(ids)) for ids, _ in batch])
+            labels = torch.tensor([lab + [IGNORE] * (width - len(lab)) for _, lab in batch])
+            attn = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in batch])
+            loss = model(input_ids=input_ids, attention_mask=attn, labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            tokens += int(attn.sum())
+            losses.append(float(loss))
+            log_metrics({"warm_start/loss": losses[-1], "warm_start/tokens_per_s": tokens / (time.perf_counter() - t0)},
+                        step)
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    bar.close()
+    with atomic_dir(out_dir / "model") as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+    seconds = time.perf_counter() - t0
+    return {**summary, "steps": step, "loss_first": losses[0], "loss_last": losses[-1],
+            "trained_tokens_per_example": sum(sum(x != IGNORE for x in lab) for _, lab in examples) / len(examples),
+            "seconds": seconds, "tokens_per_s": tokens / seconds, "model": str(out_dir / "model")}
