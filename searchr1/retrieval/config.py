@@ -19,6 +19,10 @@ class EmbedderConfig(Section):
     batch_size: PositiveInt = 64
     device: Literal["auto", "cpu", "cuda"] = "auto"
     trust_remote_code: bool = False  # only for hub models that need their own code
+    # torch CPU threads in the retrieval server process (None = torch's default, all cores). On a
+    # machine whose cores are also busy with training, 1 is much faster: OpenMP threads that spin
+    # while another process holds the cores made encoding 5-20x slower in our measurements.
+    num_threads: PositiveInt | None = None
     fp16: bool = True  # only applies on GPU
     shard_rows: PositiveInt = 10_000  # embeddings are saved per shard so a killed run resumes
 

@@ -230,6 +230,10 @@ def serve(index_dir: Path, cfg: RetrievalConfig, host: str | None = None, port: 
 
     host = host or cfg.server.host
     port = cfg.server.port if port is None else port
+    if cfg.embedder.num_threads:
+        import torch
+
+        torch.set_num_threads(cfg.embedder.num_threads)  # our own process: the trainer is not affected
     searcher = load_searcher(index_dir, cfg)
     meta = read_meta(index_dir)
     app = create_app(searcher, cfg, info={"kind": meta["kind"], "count": meta["count"], "index": str(index_dir)})
@@ -256,7 +260,7 @@ def running_server(index_dir: Path, cfg, port: int = 0, timeout: float = 180.0) 
         cfg_path, ready, log_path = Path(tmp) / "config.yaml", Path(tmp) / "ready", Path(tmp) / "server.log"
         cfg_path.write_text(yaml.safe_dump({"retrieval": retrieval.model_dump(mode="json")}))
         root = str(Path(__file__).resolve().parents[2])  # so `-m searchr1...` works without an install
-        env = {**os.environ, "SEARCHR1_READY_FILE": str(ready),
+        env = {**server_env(), "SEARCHR1_READY_FILE": str(ready),
                "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
         args = [sys.executable, "-m", "searchr1.retrieval.server", "--index", str(index_dir),
                 "--config", str(cfg_path), "--host", retrieval.server.host, "--port", str(port)]
@@ -272,6 +276,12 @@ def running_server(index_dir: Path, cfg, port: int = 0, timeout: float = 180.0) 
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def server_env() -> dict[str, str]:
+    """Environment for a server subprocess. OpenMP threads that busy-wait between parallel regions
+    starve when another process (the trainer) uses the same cores; passive waiting avoids that."""
+    return {"OMP_WAIT_POLICY": "PASSIVE", **os.environ}
 
 
 def _wait_ready(proc: subprocess.Popen, ready: Path, log_path: Path, timeout: float) -> str:
