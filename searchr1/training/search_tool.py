@@ -52,6 +52,12 @@ def clean_queries(query_list, max_queries: int, max_chars: int) -> list[str]:
     return out[:max_queries]
 
 
+def format_results(hits_per_query: Sequence[Sequence[Hit]], tokenizer, max_obs_tokens: int) -> str:
+    """The tool's text: the evaluation agent's layout (searchr1.agent.rollout), so train and test match."""
+    text = QUERY_SEPARATOR.join(format_hits(hits).rstrip("\n") for hits in hits_per_query)
+    return truncate_tokens(text, tokenizer, max_obs_tokens)
+
+
 def make_search_tool(searcher: Searcher, topk: int, max_obs_tokens: int, tokenizer=None,
                      max_queries: int = 3, max_query_chars: int = 512,
                      stats: ToolStats | None = None) -> Callable[..., str]:
@@ -60,7 +66,7 @@ def make_search_tool(searcher: Searcher, topk: int, max_obs_tokens: int, tokeniz
 
     stats = stats if stats is not None else ToolStats()
 
-    def search(query_list: list[str]) -> str:
+    def search(query_list: list[str]):  # no return annotation: it would add "return" to the schema
         """Search a Wikipedia passage index and return the most relevant passages.
 
         Args:
@@ -74,11 +80,9 @@ def make_search_tool(searcher: Searcher, topk: int, max_obs_tokens: int, tokeniz
         if not queries:
             stats.empty_calls += 1
             raise ValueError("query_list is empty: give at least one query")
-        results = searcher.search(queries, topk)
-        # the evaluation agent's layout (searchr1.agent.rollout.format_results): train and test see the same text
-        text = QUERY_SEPARATOR.join(format_hits(hits).rstrip("\n") for hits in results)
+        text = format_results(searcher.search(queries, topk), tokenizer, max_obs_tokens)
         stats.seconds += time.perf_counter() - t0
-        return truncate_tokens(text, tokenizer, max_obs_tokens)
+        return text
 
     search.stats = stats  # type: ignore[attr-defined]
     return search

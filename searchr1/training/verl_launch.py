@@ -46,7 +46,7 @@ _search = make_search_tool(RetrievalClient({url!r}), topk={topk}, max_obs_tokens
 
 
 @function_tool("search")
-def search(query_list: list[str]) -> str:
+def search(query_list: list[str]):  # no return annotation: it would add "return" to the schema
     """Search a Wikipedia passage index and return the most relevant passages.
 
     Args:
