@@ -44,6 +44,8 @@ class SeedLoopGenerator:
         self.model, self.tokenizer = model, tokenizer
         self.end_ids = end_token_ids(model, tokenizer)
         self.history: list[str] = []
+        # the same prebuilt stop-string criteria as ours: only the generation strategy differs
+        self.stopping_criteria = TransformersGenerator(model, tokenizer).stopping_criteria
 
     def start(self, prompts: Sequence[str]) -> list[int]:
         self.history = list(prompts)
@@ -60,7 +62,7 @@ class SeedLoopGenerator:
             with torch.no_grad():
                 seq = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                           eos_token_id=self.end_ids, pad_token_id=self.end_ids[0],
-                                          stop_strings=list(stop), tokenizer=self.tokenizer)
+                                          stopping_criteria=self.stopping_criteria(stop))
             tokens = seq[0, enc["input_ids"].shape[1]:].tolist()
             n, eos = cut_turn(tokens, self.tokenizer.batch_decode([[t] for t in tokens]), self.end_ids, stop)
             self.history[r] += self.tokenizer.decode(tokens[:n])

@@ -94,9 +94,22 @@ class TransformersGenerator:
         self.pending: list[list[int]] = []   # tokens appended since the row's last turn
         self._order: list[int] = []          # which row each line of the cached batch tensor holds
         self._ids = self._mask = self._cache = None
+        self._stops: dict[tuple[str, ...], Any] = {}
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def stopping_criteria(self, stop: Sequence[str]):
+        """Built once per stop-string set: transformers' StopStringCriteria scans the whole vocabulary
+        when constructed (~0.4 s for a 49k vocabulary), too slow to redo every turn."""
+        from transformers import StoppingCriteriaList
+        from transformers.generation.stopping_criteria import StopStringCriteria
+
+        key = tuple(stop)
+        if key not in self._stops:
+            self._stops[key] = StopStringCriteria(self.tokenizer, list(key)) if key else None
+        crit = self._stops[key]
+        return StoppingCriteriaList([crit] if crit is not None else [])
 
     def start(self, prompts: Sequence[str]) -> list[int]:
         self.history = [[] for _ in prompts]
@@ -145,8 +158,8 @@ class TransformersGenerator:
         with torch.no_grad():
             out = self.model.generate(
                 input_ids=ids, attention_mask=mask, past_key_values=cache, max_new_tokens=max_new_tokens,
-                eos_token_id=self.end_ids, pad_token_id=self.pad_id, stop_strings=list(stop) or None,
-                tokenizer=self.tokenizer, return_dict_in_generate=True, use_cache=True, **sampling)
+                eos_token_id=self.end_ids, pad_token_id=self.pad_id, stopping_criteria=self.stopping_criteria(stop),
+                return_dict_in_generate=True, use_cache=True, **sampling)
         seq = out.sequences
         new = seq[:, ids.shape[1]:]
         gen_mask = torch.zeros_like(new)
