@@ -14,7 +14,7 @@ import gc
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow.parquet as pq
 
@@ -24,6 +24,9 @@ from searchr1.agent.rollout import run_agent, run_baseline, summarize_rows
 from searchr1.agent.trace import ROLLOUT_SCHEMA, Question, write_rollouts
 from searchr1.retrieval.base import Searcher
 from searchr1.tracking import MetricsLogger, null_logger
+
+if TYPE_CHECKING:
+    from searchr1.config import PipelineConfig
 
 METRICS = ("em", "f1", "contains", "mean_turns", "search_calls", "invalid_call_rate", "format_failure_rate")
 AGENT = "search_agent"
@@ -38,12 +41,12 @@ def rollout_path(out_dir: Path, checkpoint: str, method: str, benchmark: str) ->
     return Path(out_dir) / "rollouts" / checkpoint / f"{method}__{benchmark}.parquet"
 
 
-def methods_of(cfg: Any) -> list[str]:
+def methods_of(cfg: PipelineConfig) -> list[str]:
     return [AGENT, *cfg.evaluation.baselines]
 
 
 def run_method(method: str, questions: Sequence[Question], generator: Generator, searcher: Searcher,
-               cfg: Any, *, progress: bool = True, desc: str = ""):
+               cfg: PipelineConfig, *, progress: bool = True, desc: str = "") -> list:
     if method == AGENT:
         return run_agent(questions, generator, searcher, cfg.agent, progress=progress, desc=desc or AGENT)
     return run_baseline(method, questions, generator, searcher, cfg.agent, progress=progress)
@@ -93,7 +96,7 @@ def _write_parquet_atomic(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def evaluate_checkpoints(checkpoints: list[tuple[int, Path | str]], questions: Mapping[str, Sequence[Question]],
-                         searcher: Searcher, cfg: Any, out_dir: Path,
+                         searcher: Searcher, cfg: PipelineConfig, out_dir: Path,
                          log_metrics: MetricsLogger = null_logger, progress: bool = True) -> dict[str, Any]:
     """Score every (training step, HF folder) checkpoint with the search agent and the baselines.
 
