@@ -138,6 +138,9 @@ def test_small_n_is_said_plainly(tmp_path):
     assert "too few checkpoints to conclude" in summary["verdict"]
     md = (tmp_path / "out" / "analysis.md").read_text()
     assert "too few checkpoints to conclude" in md
+    # the threshold is a setting
+    lowered = analyse(eval_dir, None, ReflectionConfig(bootstrap_samples=200, min_points=3), tmp_path / "out3")
+    assert "too few" not in lowered["verdict"]
 
 
 def test_missing_rollouts_are_named(tmp_path):

@@ -331,6 +331,13 @@ def write_markdown(result: dict, path: Path) -> None:
     lines += [markdown_table(pd.DataFrame(corr_rows), digits=3), ""]
     if result["caveats"]:
         lines += ["### Caveats", ""] + [f"- {c}" for c in result["caveats"]] + [""]
+    by_bench = s.get("within_by_benchmark") or {}
+    if by_bench:
+        lines += ["### Within checkpoints, per benchmark (Mantel–Haenszel over checkpoints)", "",
+                  markdown_table(pd.DataFrame([
+                      {"benchmark": b, "n reflective": w["n_reflective"], "n other": w["n_other"],
+                       "EM diff": w["em_diff"], "odds ratio": w["odds_ratio"], "p": w["p"]}
+                      for b, w in by_bench.items()])), ""]
     cp = pd.DataFrame(result["tables"]["checkpoints"])
     if not cp.empty:
         lines += ["### Per checkpoint (search agent)", "",
@@ -368,12 +375,13 @@ def write_markdown(result: dict, path: Path) -> None:
 
 
 def _caveats(checkpoints: pd.DataFrame, train_steps: pd.DataFrame | None, s: dict, lexicon: Lexicon,
-             phrase_totals: pd.DataFrame) -> list[str]:
+             phrase_totals: pd.DataFrame, min_points: int) -> list[str]:
     out = []
     n = len(checkpoints)
-    if n < stats.MIN_N:
+    if n < min_points:
         out.append(f"Only {n} evaluated checkpoint(s): too few checkpoints to conclude anything about the "
-                   f"across-checkpoint relation; the numbers are shown, not interpreted.")
+                   f"across-checkpoint relation (at least {min_points} wanted); the numbers are shown, not "
+                   "interpreted.")
     if not checkpoints.empty and float(checkpoints["ratio"].max()) == 0.0:
         out.append("The model never used a reflective phrase in evaluation: there is nothing to correlate.")
     out.append("Checkpoints of one run are not independent samples, and ratio and score both move with "
@@ -412,12 +420,12 @@ def analyse(eval_dir: Path, train_dir: Path | None, cfg: ReflectionConfig, out_d
     train_steps, train_freq = train_tables(train, categories) if train is not None else (None, None)
     eval_freq = phrase_frequency(rollouts)
 
-    boot = {"bootstrap_samples": cfg.bootstrap_samples, "confidence": cfg.confidence}
+    boot = {"bootstrap_samples": cfg.bootstrap_samples, "confidence": cfg.confidence, "min_n": cfg.min_points}
     s: dict[str, Any] = {
         "across_checkpoints": stats.correlate(checkpoints["ratio"], checkpoints["score"], **boot),
         "per_1k_vs_score": stats.correlate(checkpoints["phrases_per_1k"], checkpoints["score"], **boot),
         "partial_step": stats.partial_correlation(checkpoints["ratio"], checkpoints["score"], checkpoints["step"],
-                                                  confidence=cfg.confidence),
+                                                  confidence=cfg.confidence, min_n=cfg.min_points),
     }
     if "ratio_seed" in checkpoints:
         s["seed_phrases_only"] = stats.correlate(checkpoints["ratio_seed"], checkpoints["score"], **boot)
@@ -426,12 +434,14 @@ def analyse(eval_dir: Path, train_dir: Path | None, cfg: ReflectionConfig, out_d
     within = stats.em_by_reflection(rollouts)
     within = within.merge(rollouts[["checkpoint", "step"]].drop_duplicates(), on="checkpoint", how="left")
     s["within_checkpoint"] = stats.pooled_em_difference(within, confidence=cfg.confidence)
+    s["within_by_benchmark"] = {b: stats.pooled_em_difference(g, confidence=cfg.confidence)
+                                for b, g in within.groupby("benchmark", sort=True)}
     if train_steps is not None and len(train_steps):
         s["across_training_steps"] = stats.correlate(train_steps["ratio"], train_steps["em"], unit="training steps",
                                                      **boot)
         s["across_training_steps_partial"] = stats.partial_correlation(
             train_steps["ratio"], train_steps["em"], train_steps["step"], confidence=cfg.confidence,
-            unit="training steps")
+            min_n=cfg.min_points, unit="training steps")
 
     totals = eval_freq.groupby("phrase", as_index=False)["rollouts"].sum() if not eval_freq.empty else \
         pd.DataFrame(columns=["phrase", "rollouts"])
@@ -442,7 +452,8 @@ def analyse(eval_dir: Path, train_dir: Path | None, cfg: ReflectionConfig, out_d
 
     figures = []
     points = checkpoints[["checkpoint", "step", "ratio", "score"]]
-    figures.append(plots.plot_ratio_vs_score(points, s["across_checkpoints"], out_dir / "ratio_vs_score.png").name)
+    figures.append(plots.plot_ratio_vs_score(points, s["across_checkpoints"], out_dir / "ratio_vs_score.png",
+                                             min_n=cfg.min_points).name)
     figures.append(plots.plot_over_steps(checkpoints, train_steps, out_dir / "ratio_score_over_steps.png").name)
     freq, source = (train_freq, "training") if train_freq is not None and not train_freq.empty else \
         (eval_freq, "evaluation")
@@ -468,7 +479,7 @@ def analyse(eval_dir: Path, train_dir: Path | None, cfg: ReflectionConfig, out_d
                    "n_eval_rollouts": int(len(rollouts)), "n_train_rollouts": int(len(train)) if train is not None
                    else 0},
         "statistics": _jsonable(s),
-        "caveats": _caveats(checkpoints, train_steps, s, lexicon, totals),
+        "caveats": _caveats(checkpoints, train_steps, s, lexicon, totals, cfg.min_points),
         "tables": {name: _records(df) for name, df in tables.items()},
         "examples": _jsonable(examples),
         "figures": figures,

@@ -30,7 +30,8 @@ def _empty(ax, message: str) -> None:
     ax.set_yticks([])
 
 
-def plot_ratio_vs_score(points: pd.DataFrame, corr: dict, path: Path, *, title: str | None = None) -> Path:
+def plot_ratio_vs_score(points: pd.DataFrame, corr: dict, path: Path, *, title: str | None = None,
+                        min_n: int = 5) -> Path:
     """The seed's figure: reflective ratio (x) vs. average score (y), one point per checkpoint, a fitted
     line with Pearson r (and n) in the legend. `points` has columns checkpoint, step, ratio, score."""
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
@@ -53,7 +54,7 @@ def plot_ratio_vs_score(points: pd.DataFrame, corr: dict, path: Path, *, title: 
             fig.colorbar(sc, ax=ax, label="training step")
         ax.legend(loc="best", fontsize=8)
         ax.margins(x=0.15, y=0.1)  # room for the checkpoint labels
-        if len(pts) < 5:
+        if len(pts) < min_n:
             ax.text(0.02, 0.02, f"n = {len(pts)}: too few checkpoints to conclude", transform=ax.transAxes,
                     fontsize=8, color="tab:red")
     ax.set_xlabel("reflective-phrase ratio (share of rollouts with ≥ 1 phrase)")
