@@ -10,7 +10,6 @@ short queries never pays for one long passage; on GPU the model runs in fp16.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -97,8 +96,3 @@ class Embedder:
 def load_embedder(cfg: EmbedderConfig) -> Embedder:
     return Embedder(cfg)
 
-
-def model_folder(cfg: EmbedderConfig) -> Path | None:
-    """The local folder of the embedder if it has one (for metadata), else None (a hub id)."""
-    path = Path(resolve_model_path(cfg.model))
-    return path if path.exists() else None

@@ -89,7 +89,7 @@ def embed_corpus(store: PassageStore, emb_dir: Path, cfg: EmbedderConfig, corpus
     done_rows = n - sum(min(step, n - i * step) for i in todo)
 
     if todo:
-        model = embedder() if callable(embedder) and not hasattr(embedder, "encode") else embedder
+        model = embedder if hasattr(embedder, "encode_passages") else embedder()
         dim = model.dim
         bar = tqdm(total=n, initial=done_rows, unit="passage", desc="embed", dynamic_ncols=True, smoothing=0.1)
         for i in todo:
