@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 DPI = 130
 
@@ -82,6 +83,7 @@ def plot_over_steps(checkpoints: pd.DataFrame, train_steps: pd.DataFrame | None,
     ax1.set_ylabel("reflective ratio")
     ax2.set_ylabel("exact match")
     ax2.set_xlabel("training step")
+    ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax1.set_title("Reflective-phrase ratio and score over training")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
@@ -108,6 +110,7 @@ def plot_phrase_frequency(freq: pd.DataFrame, path: Path, *, top: int = 8, sourc
         if len(order) > top:
             ax.text(1.02, 0.0, f"+{len(order) - top} rarer phrases", transform=ax.transAxes, fontsize=7, color="0.4")
     ax.set_xlabel("training step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("share of rollouts containing the phrase")
     ax.set_title(f"Per-phrase frequency over training ({source} rollouts)")
     ax.grid(alpha=0.3)
