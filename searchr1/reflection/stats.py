@@ -80,7 +80,8 @@ def correlate(x: Sequence[float], y: Sequence[float], *, bootstrap_samples: int 
         for k in ("pearson_r", "pearson_p", "spearman_rho", "spearman_p"):
             out[k] = None
         out["pearson_ci"] = out["spearman_ci"] = [None, None]
-        why = f"only {n} {unit}" if n < 3 else "one of the two quantities does not vary"
+        noun = unit[:-1] if n == 1 and unit.endswith("s") else unit
+        why = f"only {n} {noun}" if n < 3 else "one of the two quantities does not vary"
         out["conclusive"] = False
         out["verdict"] = f"no correlation can be computed ({why})"
         return out
