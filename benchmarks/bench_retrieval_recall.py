@@ -57,13 +57,16 @@ def filler_passages(real: list[dict], n: int, seed: int = 0) -> list[dict]:
         for a, b in zip(words, words[1:], strict=False):
             follow.setdefault(a, []).append(b)
     vocab = sorted({w for w in follow if w[:1].isupper() and w.isalpha()})
+    def pick(options: list[str]) -> str:  # rng.choice(list) copies the list into an array every call
+        return options[int(rng.integers(len(options)))]
+
     out = []
     for i in range(n):
-        title = " ".join(rng.choice(vocab, size=int(rng.integers(1, 4))))
-        w = str(rng.choice(starts))
+        title = " ".join(pick(vocab) for _ in range(int(rng.integers(1, 4))))
+        w = pick(starts)
         words = [w]
         for _ in range(int(rng.integers(35, 55))):
-            w = str(rng.choice(follow[w])) if w in follow else str(rng.choice(starts))
+            w = pick(follow[w]) if w in follow else pick(starts)
             words.append(w)
         out.append({"id": f"filler-{i}", "contents": f'"{title}"\n{title} ' + " ".join(words)})
     return out

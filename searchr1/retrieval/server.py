@@ -211,8 +211,8 @@ def create_app(searcher: Searcher, cfg: RetrievalConfig, info: dict[str, Any] | 
 
     @app.get("/health")
     async def health() -> Response:
-        return _json({"status": "ok", **(info or {}), "default_topk": cfg.topk, "max_topk": cfg.server.max_topk,
-                      "max_queries_per_request": cfg.server.max_queries_per_request,
+        return _json({"status": "ok", **(info or {}), "pid": os.getpid(), "default_topk": cfg.topk,
+                      "max_topk": cfg.server.max_topk, "max_queries_per_request": cfg.server.max_queries_per_request,
                       "batches": batcher.batches, "queries": batcher.queries})
 
     return app
