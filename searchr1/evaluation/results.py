@@ -108,7 +108,7 @@ def results_table(results_parquet: Path, out_dir: Path, reference: bool) -> dict
     tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
     tmp.replace(md)
 
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(rows_order) + 2), 4.2))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(rows_order) + 2) + 3.0, 4.2))
     width = 0.8 / max(1, len(table))
     for i, (label, vals) in enumerate(table.items()):
         xs = [j + (i - (len(table) - 1) / 2) * width for j in range(len(rows_order))]
@@ -116,7 +116,7 @@ def results_table(results_parquet: Path, out_dir: Path, reference: bool) -> dict
     ax.set_xticks(range(len(rows_order)), rows_order, rotation=20)
     ax.set_ylabel("exact match (%)")
     ax.set_title("Search-R1 reproduction: exact match per benchmark")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never hides a bar
     fig.tight_layout()
     png = out_dir / "results.png"
     tmp_png = png.with_name(".results.png.tmp.png")
