@@ -344,6 +344,27 @@ def test_micro_batcher_batches_and_routes_each_result_back():
     assert sorted(q for b in batches for q in b) == sorted(q for r in reqs for q in r)
 
 
+def test_micro_batcher_never_splits_a_request_and_keeps_order():
+    batches: list[list[str]] = []
+
+    def search(queries, topks):
+        batches.append(list(queries))
+        return [[] for _ in queries]
+
+    async def main():
+        b = MicroBatcher(search, window_ms=50, max_batch_queries=5)
+        worker = asyncio.create_task(b.run())
+        reqs = [[f"r{i}-{j}" for j in range(n)] for i, n in enumerate([3, 3, 2, 6, 1])]
+        await asyncio.gather(*(b.submit(r, 3) for r in reqs))
+        worker.cancel()
+        return reqs
+
+    reqs = asyncio.run(main())
+    assert [q for batch in batches for q in batch] == [q for r in reqs for q in r]  # arrival order
+    assert all(len(b) <= 5 or len(b) == 6 for b in batches)  # only the 6-query request exceeds the cap, alone
+    assert ["r3-0", "r3-1", "r3-2", "r3-3", "r3-4", "r3-5"] in batches
+
+
 def test_micro_batcher_survives_a_failing_search():
     calls = {"n": 0}
 

@@ -80,6 +80,7 @@ class MicroBatcher:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retrieve")
         self.batches = 0
         self.queries = 0
+        self._carry: _Job | None = None  # a request that did not fit the last batch: it opens the next
 
     async def submit(self, queries: list[str], topk: int) -> list[list[Hit]]:
         future = asyncio.get_running_loop().create_future()
@@ -87,7 +88,8 @@ class MicroBatcher:
         return await future
 
     async def _collect(self) -> list[_Job]:
-        jobs = [await self.queue.get()]
+        first, self._carry = self._carry, None
+        jobs = [first if first is not None else await self.queue.get()]
         n = len(jobs[0].queries)
         deadline = asyncio.get_running_loop().time() + self.window_s
         while n < self.max_batch:
@@ -102,8 +104,7 @@ class MicroBatcher:
                 except TimeoutError:
                     break
             if n + len(job.queries) > self.max_batch:
-                self.queue.put_nowait(job)  # too big for this batch: first of the next
-                # (put_nowait appends at the back; order among waiting requests is not a promise)
+                self._carry = job
                 break
             jobs.append(job)
             n += len(job.queries)
