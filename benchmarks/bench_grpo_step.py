@@ -1,0 +1,81 @@
+"""Seconds per GRPO step and training tokens/s: our TRL settings vs TRL's defaults, same data and model.
+
+Baseline ("trl-default"): GRPOConfig as TRL ships it (bf16 autocast off on CPU, lr 1e-6, no
+max_tool_calling_iterations limit, linear schedule) with only what the run needs set: batch shape,
+group size, completion length, the tool, CPU. Ours ("searchr1"): `grpo_args(cfg)`, plus the option
+under test (e.g. bf16 autocast). Both run `--steps` steps from the same policy on the same prompts;
+each configuration runs in the same process one after the other, and we quote the median step.
+
+    python benchmarks/bench_grpo_step.py --steps 3 --prompts 2 --group 4 --max-completion 96
+    python benchmarks/bench_grpo_step.py --compare bf16   # fp32 vs bf16 autocast, our settings
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def run(label: str, cfg, policy, data_dir: Path, searcher, overrides: dict) -> dict:
+    from searchr1.training.grpo import train_grpo
+
+    with tempfile.TemporaryDirectory(prefix=f"bench-grpo-{label}-") as tmp:
+        res = train_grpo(policy, data_dir, searcher, cfg, Path(tmp), trl_overrides=overrides)
+    hist = res["history"][1:] or res["history"]  # the first step also warms caches: drop it when we can
+    sec = statistics.median(h["perf/seconds_per_step"] for h in hist)
+    tps = statistics.median(h["perf/tokens_per_s"] for h in hist)
+    print(f"{label:>12}: median {sec:7.1f} s/step, {tps:7.1f} tokens/s over {len(hist)} step(s)")
+    return {"sec": sec, "tps": tps}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--prompts", type=int, default=2)
+    ap.add_argument("--group", type=int, default=4)
+    ap.add_argument("--max-completion", type=int, default=96)
+    ap.add_argument("--compare", choices=["trl-default", "bf16"], default="trl-default")
+    args = ap.parse_args()
+
+    from searchr1.config import load_config
+    from searchr1.corpus.config import SyntheticWorldConfig
+    from searchr1.corpus.synthetic import build_questions, build_world, render_passages
+    from searchr1.models import resolve_policy
+    from searchr1.training.data import build_train_data
+    from searchr1.training.search_tool import WordOverlapSearcher
+
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", [
+        f"training.grpo.steps={args.steps}", f"training.grpo.save_every={args.steps}",
+        f"training.grpo.prompts_per_step={args.prompts}", f"training.grpo.group_size={args.group}",
+        f"training.grpo.max_completion_length={args.max_completion}"])
+    world_cfg = SyntheticWorldConfig()
+    world = build_world(world_cfg)
+    searcher = WordOverlapSearcher([p for _, p in render_passages(world, world_cfg.seed)])
+    train = {k: v["train"][:16] for k, v in build_questions(world, world_cfg).items()}
+    policy = resolve_policy(cfg.policy, ROOT / "artifacts")
+    with tempfile.TemporaryDirectory(prefix="bench-grpo-data-") as tmp:
+        build_train_data(train, cfg, Path(tmp))
+        if args.compare == "trl-default":
+            from trl import GRPOConfig
+
+            d = GRPOConfig(output_dir=tmp)
+            base = run("trl-default", cfg, policy, Path(tmp), searcher, {
+                "learning_rate": d.learning_rate, "lr_scheduler_type": d.lr_scheduler_type,
+                "warmup_ratio": d.warmup_ratio, "beta": d.beta, "max_tool_calling_iterations": None,
+                "disable_dropout": d.disable_dropout, "top_p": d.top_p})
+            ours = run("searchr1", cfg, policy, Path(tmp), searcher, {})
+        else:
+            base = run("fp32", cfg, policy, Path(tmp), searcher, {"bf16": False})
+            ours = run("bf16", cfg, policy, Path(tmp), searcher, {"bf16": True})
+    print(f"ratio vs {'TRL defaults' if args.compare == 'trl-default' else 'fp32'}: "
+          f"{base['sec'] / ours['sec']:.2f}x seconds/step, {ours['tps'] / base['tps']:.2f}x tokens/s")
+
+
+if __name__ == "__main__":
+    main()
