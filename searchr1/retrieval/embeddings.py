@@ -69,8 +69,8 @@ def embed_corpus(store: PassageStore, emb_dir: Path, cfg: EmbedderConfig, corpus
                  log_metrics: MetricsLogger = null_logger) -> tuple[Embeddings, dict[str, float]]:
     """Embed every passage, shard by shard, resuming after a kill. Returns the shards and timing stats.
 
-    `embedder` is an Embedder or a zero-argument callable returning one, so a fully resumed run
-    never loads the model.
+    `embedder` is an Embedder or a zero-argument callable returning one (called only if a shard
+    is missing, so a fully resumed run never loads the model).
     """
     n, step = len(store), cfg.shard_rows
     n_shards = max(1, -(-n // step))

@@ -83,9 +83,14 @@ def build_index(passages_dir: Path, out_dir: Path, cfg: RetrievalConfig,
         build_bm25(store, out_dir / BM25_DIR)
         summary["index_seconds"] = time.perf_counter() - t0
     else:
-        emb, stats = embed_corpus(store, out_dir / EMB_DIR, cfg.embedder, corpus_key,
-                                  embedder if embedder is not None else (lambda: load_embedder(cfg.embedder)),
-                                  log_metrics)
+        loaded = [embedder] if embedder is not None else []
+
+        def get_embedder() -> Embedder:  # loaded on first use: a fully resumed flat build never needs it
+            if not loaded:
+                loaded.append(load_embedder(cfg.embedder))
+            return loaded[0]
+
+        emb, stats = embed_corpus(store, out_dir / EMB_DIR, cfg.embedder, corpus_key, get_embedder, log_metrics)
         summary.update(stats)
         t0 = time.perf_counter()
         index = build_faiss(emb, cfg.index)
@@ -95,10 +100,8 @@ def build_index(passages_dir: Path, out_dir: Path, cfg: RetrievalConfig,
         if cfg.index.kind == "ivfpq":
             meta["ivf_nlist"] = effective_nlist(cfg.index, n)
         if cfg.index.kind in ("hnsw", "ivfpq"):
-            if embedder is None:
-                embedder = load_embedder(cfg.embedder)
             set_search_params(index, cfg.index)
-            summary[f"recall_at_{cfg.topk}"] = measure_recall(index, emb, store, embedder, cfg)
+            summary[f"recall_at_{cfg.topk}"] = measure_recall(index, emb, store, get_embedder(), cfg)
         write_index(index, out_dir / INDEX_FILE)
 
     summary["build_seconds"] = time.perf_counter() - t_start
