@@ -394,7 +394,7 @@ def _caveats(checkpoints: pd.DataFrame, train_steps: pd.DataFrame | None, s: dic
         top = phrase_totals.iloc[0]
         if top["rollouts"] > 0.5 * phrase_totals["rollouts"].sum():
             out.append(f"One phrase (“{top['phrase']}”) accounts for most matches; the ratio mostly measures it.")
-    if any(p.text == "wait" for p in lexicon.phrases):
+    if "wait" in set(phrase_totals.get("phrase", [])):
         out.append("“wait” is ambiguous (it is also an ordinary verb); the seed-phrases-only row and the "
                    "per-phrase table show how much it drives the ratio.")
     within = s["within_checkpoint"]

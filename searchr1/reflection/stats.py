@@ -124,7 +124,7 @@ def partial_correlation(x: Sequence[float], y: Sequence[float], z: Sequence[floa
     n = len(x)
     out: dict[str, Any] = {"n": n, "control": "step", "r": None, "p": None}
     if n < 4:
-        out["verdict"] = f"not computable (n = {n} {unit}; a partial correlation needs at least 4)"
+        out["verdict"] = f"not computable (n = {n}; a partial correlation needs at least 4 {unit})"
         return out
     design = np.column_stack([np.ones(n), z])
     rx = x - design @ np.linalg.lstsq(design, x, rcond=None)[0]
