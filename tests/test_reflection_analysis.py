@@ -99,6 +99,9 @@ def test_planted_relation_is_recovered(tmp_path):
     assert summary["n_checkpoints"] == 10 and summary["pearson_r"] == pytest.approx(a["pearson_r"])
     for name in ("ratio_vs_score.png", "ratio_score_over_steps.png", "phrase_frequency.png", "analysis.md"):
         assert (tmp_path / "out" / name).stat().st_size > 1000
+    tb = pd.read_parquet(tmp_path / "out" / "training_step_benchmarks.parquet")
+    assert len(tb) == 6 and set(tb["benchmark"]) == {"train"} and tb["n"].sum() == 6 * 16
+    assert "### Per training step" in (tmp_path / "out" / "analysis.md").read_text()
     freq = pd.read_parquet(tmp_path / "out" / "phrase_frequency_train.parquet")
     assert set(freq["phrase"]) == {"wait", "let me re-verify"}
     assert res["examples"]

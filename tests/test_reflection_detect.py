@@ -77,6 +77,17 @@ def test_prompt_and_retrieved_text_alone_are_not_reflective():
                                            "categories": {}, "turns": []}
 
 
+def test_prompt_segments_never_count():
+    # should a caller keep the prompt with the segments, only the assistant's own text is searched
+    segments = [
+        {"role": "system", "text": "You are helpful. Wait for the search results; let me re-verify is a phrase."},
+        {"role": "user", "text": "Question: on second thought, who wrote it?"},
+        {"role": "assistant", "text": "<answer>Orwell</answer>"},
+    ]
+    assert count_in_segments(segments)["n_phrases"] == 0
+    assert reflective_ratio([segments]) == 0.0
+
+
 def test_queries_answers_and_hallucinated_tool_output_are_masked():
     text = ('<tool_call>{"name": "search", "arguments": {"query_list": ["wait times"]}}</tool_call>'
             "<tool_response>hmm, let me check</tool_response><answer>wait</answer> <tool_call>wait (cut off")

@@ -196,10 +196,13 @@ def checkpoint_tables(rollouts: pd.DataFrame, scores: pd.DataFrame, categories: 
     return per_bench.sort_values(["step", "benchmark"]), overall.sort_values("step").reset_index(drop=True)
 
 
-def train_tables(train: pd.DataFrame, categories: tuple[str, ...]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(per step, per step × phrase share) from the training rollouts."""
+def train_tables(train: pd.DataFrame, categories: tuple[str, ...]
+                 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(per step, per step × benchmark, per step × phrase share) from the training rollouts."""
     steps = pd.DataFrame([{"step": int(s), **_rates(g, categories)} for s, g in train.groupby("step", sort=True)])
-    return steps, phrase_frequency(train)
+    per_bench = pd.DataFrame([{"step": int(s), "benchmark": b, **_rates(g, categories)}
+                              for (s, b), g in train.groupby(["step", "benchmark"], sort=True)])
+    return steps, per_bench, phrase_frequency(train)
 
 
 def phrase_frequency(rollouts: pd.DataFrame) -> pd.DataFrame:
@@ -342,6 +345,12 @@ def write_markdown(result: dict, path: Path) -> None:
     if not cp.empty:
         lines += ["### Per checkpoint (search agent)", "",
                   markdown_table(cp, ["checkpoint", "step", "n", "ratio", "phrases_per_1k", "score"]), ""]
+    steps = pd.DataFrame(result["tables"].get("training_steps", []))
+    if not steps.empty:
+        shown = steps.iloc[np.unique(np.linspace(0, len(steps) - 1, min(len(steps), 20)).round().astype(int))]
+        note = "" if len(shown) == len(steps) else f" ({len(shown)} of {len(steps)} steps shown; all in the parquet)"
+        lines += [f"### Per training step (sampled training rollouts){note}", "",
+                  markdown_table(shown, ["step", "n", "ratio", "phrases_per_1k", "em"]), ""]
     within = pd.DataFrame(result["tables"]["em_by_reflection"])
     if not within.empty:
         lines += ["### EM of reflective vs. other rollouts, within checkpoint and benchmark", "",
@@ -417,7 +426,8 @@ def analyse(eval_dir: Path, train_dir: Path | None, cfg: ReflectionConfig, out_d
     scores = load_scores(eval_dir, rollouts)
     per_bench, checkpoints = checkpoint_tables(rollouts, scores, categories)
     train = load_train(train_dir, lexicon)
-    train_steps, train_freq = train_tables(train, categories) if train is not None else (None, None)
+    train_steps, train_bench, train_freq = train_tables(train, categories) if train is not None else \
+        (None, None, None)
     eval_freq = phrase_frequency(rollouts)
 
     boot = {"bootstrap_samples": cfg.bootstrap_samples, "confidence": cfg.confidence, "min_n": cfg.min_points}
@@ -464,7 +474,8 @@ def analyse(eval_dir: Path, train_dir: Path | None, cfg: ReflectionConfig, out_d
     tables = {"checkpoints": checkpoints, "checkpoint_benchmarks": per_bench, "em_by_reflection": within,
               "phrase_frequency_eval": eval_freq, "phrase_totals": totals}
     if train_steps is not None:
-        tables.update({"training_steps": train_steps, "phrase_frequency_train": train_freq})
+        tables.update({"training_steps": train_steps, "training_step_benchmarks": train_bench,
+                       "phrase_frequency_train": train_freq})
     for name, df in tables.items():
         _write_parquet(df, out_dir / f"{name}.parquet")
     rollout_cols = ["checkpoint", "step", "benchmark", "question_id", "em", "gen_tokens", "reflective", "n_phrases",
