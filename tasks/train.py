@@ -24,12 +24,12 @@ def _recording(run, path: Path):
 @task(name="train", cache_policy=NONE)
 def train_task(ctx: PipelineContext, policy_path: Path | str, train_data: StageOutput,
                index: StageOutput, start: StageOutput | None) -> StageOutput:
-    from searchr1.training import engine
+    from searchr1.training import train as training
 
     init = start.path / "model" if start is not None else policy_path
 
     def build(work, run):
-        return engine.train(init, train_data.path, index.path, ctx.cfg, work,
+        return training.train(init, train_data.path, index.path, ctx.cfg, work,
                            log_metrics=_recording(run, work / "metrics.jsonl"))
 
     upstream = [train_data, index] + ([start] if start is not None else [])
