@@ -164,6 +164,28 @@ def test_killed_embedding_resumes_at_first_unfinished_shard(corpus, tmp_path):
     assert np.array_equal(a.reconstruct_n(0, a.ntotal), b.reconstruct_n(0, b.ntotal))
 
 
+def test_keep_embeddings_false_frees_the_disk(corpus, tmp_path):
+    corpus_dir, rows = corpus
+    build_index(corpus_dir, tmp_path / "idx", cfg_for(keep_embeddings=False), embedder=HashEmbedder())
+    assert not (tmp_path / "idx" / "embeddings").exists()
+    s = load_searcher(tmp_path / "idx", cfg_for(), embedder=HashEmbedder())
+    assert s.search([rows[5]["contents"]], 1)[0][0]["document"] == rows[5]
+
+
+def test_real_embedder_matches_sentence_transformers_encode():
+    """Our batching (windows, length-sorted, own pooling) gives the same vectors as plain ST encode."""
+    from sentence_transformers import SentenceTransformer
+
+    from searchr1.retrieval.embedder import Embedder, resolve_model_path
+
+    texts = [r["contents"] for r in sample_rows(40)] + ["short query", "who wrote 1984"]
+    cfg = EmbedderConfig(batch_size=1)  # windows of 32 texts: 42 texts span two
+    ours = Embedder(cfg).encode_passages(texts)
+    ref = SentenceTransformer(resolve_model_path(cfg.model), device="cpu").encode(texts, batch_size=32)
+    assert ours.shape == (42, 384)
+    assert np.abs(ours - ref).max() < 1e-5
+
+
 def test_changed_corpus_discards_old_embeddings(corpus, tmp_path):
     corpus_dir, rows = corpus
     out = tmp_path / "idx"

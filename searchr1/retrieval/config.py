@@ -41,6 +41,9 @@ class IndexConfig(Section):
     gpu_fp16: bool = True  # store vectors on GPU in fp16 (half the memory; Search-R1 does this)
     gpu_shards: bool = True  # shard a GPU index across all visible GPUs
     recall_probe_queries: PositiveInt = 500  # recall@k of approximate indexes vs flat, at build
+    # The per-shard embeddings stay beside the index so a rebuild with another kind reuses them;
+    # false deletes them once the index is written (wiki-18 with e5-base-v2: ~64 GB).
+    keep_embeddings: bool = True
 
 
 class ServerConfig(Section):

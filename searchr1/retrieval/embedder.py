@@ -62,23 +62,28 @@ class Embedder:
 
     @torch.inference_mode()
     def encode(self, texts: Sequence[str], progress=None) -> np.ndarray:
-        """(len(texts), dim) float32. `progress` (a tqdm bar) is advanced by the rows done."""
+        """(len(texts), dim) float32. `progress` (a tqdm bar) is advanced by the rows done.
+
+        Texts are tokenised a window at a time (32 batches), so a 500k-passage shard never holds
+        all its token lists at once; within a window they run longest first in batches of
+        similar length.
+        """
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        if not texts:
-            return out
-        enc = self.tokenizer(list(texts), max_length=self.cfg.max_length, truncation=True, padding=False)
-        ids = enc["input_ids"]
-        order = np.argsort([len(x) for x in ids], kind="stable")[::-1]  # longest first: OOM shows early
         bs = self.cfg.batch_size
-        for start in range(0, len(order), bs):
-            rows = order[start:start + bs]
-            batch = self.tokenizer.pad({k: [enc[k][i] for i in rows] for k in enc.keys()},
-                                       padding=True, return_tensors="pt")
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            hidden = self.model(**batch).last_hidden_state
-            out[rows] = self._pool(hidden, batch["attention_mask"]).float().cpu().numpy()
-            if progress is not None:
-                progress.update(len(rows))
+        window = bs * 32
+        for lo in range(0, len(texts), window):
+            chunk = list(texts[lo:lo + window])
+            enc = self.tokenizer(chunk, max_length=self.cfg.max_length, truncation=True, padding=False)
+            order = np.argsort([len(x) for x in enc["input_ids"]], kind="stable")[::-1]
+            for start in range(0, len(order), bs):
+                rows = order[start:start + bs]
+                batch = self.tokenizer.pad({k: [enc[k][i] for i in rows] for k in enc.keys()},
+                                           padding=True, return_tensors="pt")
+                batch = {k: v.to(self.device) for k, v in batch.items()}
+                hidden = self.model(**batch).last_hidden_state
+                out[lo + rows] = self._pool(hidden, batch["attention_mask"]).float().cpu().numpy()
+                if progress is not None:
+                    progress.update(len(rows))
         return out
 
     def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

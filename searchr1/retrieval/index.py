@@ -13,6 +13,7 @@ finished embedding shard, and returns at once if the index with the same setting
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,8 @@ from searchr1.tracking import MetricsLogger, null_logger
 EMB_DIR = "embeddings"
 PASSAGES_META = "passages.json"
 # Settings read at search time (load_searcher), not baked into the index: changing them needs no rebuild.
-SEARCH_TIME_KEYS = {"hnsw_ef_search", "ivf_nprobe", "use_gpu", "gpu_fp16", "gpu_shards", "recall_probe_queries"}
+SEARCH_TIME_KEYS = {"hnsw_ef_search", "ivf_nprobe", "use_gpu", "gpu_fp16", "gpu_shards", "recall_probe_queries",
+                    "keep_embeddings"}
 
 
 def build_identity(cfg: RetrievalConfig, corpus_key: str) -> dict[str, Any]:
@@ -103,6 +105,8 @@ def build_index(passages_dir: Path, out_dir: Path, cfg: RetrievalConfig,
             set_search_params(index, cfg.index)
             summary[f"recall_at_{cfg.topk}"] = measure_recall(index, emb, store, get_embedder(), cfg)
         write_index(index, out_dir / INDEX_FILE)
+        if not cfg.index.keep_embeddings:
+            shutil.rmtree(out_dir / EMB_DIR)
 
     summary["build_seconds"] = time.perf_counter() - t_start
     summary["passages_per_s"] = n / summary["build_seconds"]
