@@ -39,6 +39,8 @@ def pick_device(device: str) -> str:
 class Embedder:
     """Encodes queries and passages into float32 rows of unit length (inner product = cosine)."""
 
+    window_batches = 32  # texts are tokenised this many batches at a time (bounded memory)
+
     def __init__(self, cfg: EmbedderConfig):
         from sentence_transformers import SentenceTransformer
 
@@ -64,13 +66,13 @@ class Embedder:
     def encode(self, texts: Sequence[str], progress=None) -> np.ndarray:
         """(len(texts), dim) float32. `progress` (a tqdm bar) is advanced by the rows done.
 
-        Texts are tokenised a window at a time (32 batches), so a 500k-passage shard never holds
+        Texts are tokenised a window at a time (`window_batches` batches), so a 500k-passage shard never holds
         all its token lists at once; within a window they run longest first in batches of
         similar length.
         """
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         bs = self.cfg.batch_size
-        window = bs * 32
+        window = bs * self.window_batches
         for lo in range(0, len(texts), window):
             chunk = list(texts[lo:lo + window])
             enc = self.tokenizer(chunk, max_length=self.cfg.max_length, truncation=True, padding=False)
