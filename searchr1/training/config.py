@@ -26,7 +26,7 @@ class GRPOConfig(Section):
     save_every: PositiveInt = 10
     format_reward: NonNegativeFloat = 0.0  # Search-R1 uses EM only
     warmup_ratio: float = Field(0.0, ge=0, lt=1)  # Search-R1: 0.285 of the steps, then constant
-    bf16: bool = False  # autocast on CPU: measured slower than fp32 on 2 cores (benchmarks/bench_grpo_step.py)
+    bf16: bool = False  # autocast on CPU; off until benchmarks/bench_grpo_step.py --compare bf16 shows a gain
     device: Literal["cpu", "auto"] = "cpu"  # "auto" lets TRL pick a GPU when there is one
 
 
