@@ -182,3 +182,47 @@ class PipelineTracker:
     def child_runs(self) -> list:
         assert self.parent is not None
         return self._find(f"tags.`mlflow.parentRunId` = '{self.parent.run_id}'")
+
+
+class CommittedMetrics:
+    """A MetricsLogger that forwards a step's metrics only once a checkpoint covers that step.
+
+    A resumed training run restarts from its last complete checkpoint and recomputes the steps after
+    it; forwarding them immediately would put two values for one step into MLflow. Pending steps
+    wait in `pending` (a jsonl file in the stage's work dir); on resume the uncommitted ones are
+    dropped, and `finish()` forwards the rest when training has completed. Committed steps are also
+    appended to `committed` (the series the report plots).
+    """
+
+    def __init__(self, sink: MetricsLogger, work_dir: Path, committed_step: Callable[[], int]):
+        self.sink, self.committed_step = sink, committed_step
+        self.pending, self.committed = Path(work_dir) / "metrics.pending.jsonl", Path(work_dir) / "metrics.jsonl"
+        self._rows = self._read(self.pending)
+        done = self.committed_step()
+        self._rows = [r for r in self._rows if r["step"] <= done]  # computed by an attempt that did not commit
+        self._flush(done)
+
+    @staticmethod
+    def _read(path: Path) -> list[dict]:
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def __call__(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        self._rows.append({"step": int(step or 0), **{k: float(v) for k, v in metrics.items()}})
+        self._flush(self.committed_step())
+
+    def finish(self) -> None:
+        self._flush(float("inf"))
+
+    def _flush(self, upto: float) -> None:
+        ready = [r for r in self._rows if r["step"] <= upto]
+        if ready:
+            with self.committed.open("a", encoding="utf-8") as fh:
+                for r in ready:
+                    self.sink({k: v for k, v in r.items() if k != "step"}, r["step"])
+                    fh.write(json.dumps(r) + "\n")
+        self._rows = [r for r in self._rows if r["step"] > upto]
+        tmp = self.pending.with_name(f".{self.pending.name}.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in self._rows))
+        os.replace(tmp, self.pending)

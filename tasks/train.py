@@ -1,24 +1,14 @@
 """Stage: GRPO with the search tool; checkpoints every N steps; resumes from the last complete one."""
 
-import json
 from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NONE
 
 from searchr1.cache import StageOutput
+from searchr1.tracking import CommittedMetrics
+from searchr1.training.checkpoints import list_checkpoints
 from tasks._stage import PipelineContext, run_stage
-
-
-def _recording(run, path: Path):
-    """Log to MLflow and keep a local copy of the series (the report reads it without MLflow)."""
-
-    def log(metrics, step=None):
-        run.log_metrics(metrics, step)
-        with path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"step": step, **{k: float(v) for k, v in metrics.items()}}) + "\n")
-
-    return log
 
 
 @task(name="train", cache_policy=NONE)
@@ -29,8 +19,14 @@ def train_task(ctx: PipelineContext, policy_path: Path | str, train_data: StageO
     init = start.path / "model" if start is not None else policy_path
 
     def build(work, run):
-        return training.train(init, train_data.path, index.path, ctx.cfg, work,
-                           log_metrics=_recording(run, work / "metrics.jsonl"))
+        def committed() -> int:
+            done = list_checkpoints(work)
+            return done[-1][0] if done else 0
+
+        log = CommittedMetrics(run, work, committed)  # no step is logged twice across a resume
+        summary = training.train(init, train_data.path, index.path, ctx.cfg, work, log_metrics=log)
+        log.finish()
+        return summary
 
     upstream = [train_data, index] + ([start] if start is not None else [])
     return run_stage(ctx, "train", config_paths=["training", "agent", "policy", "retrieval", "run.seed"],
