@@ -57,6 +57,8 @@ def _fmt(v: Any, digits: int = 3) -> str:
         return "–"
     if isinstance(v, bool):
         return "yes" if v else "no"
+    if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
+        return f"{int(v):,}"  # counts that came through JSON or MLflow as floats
     if isinstance(v, float):
         if v != 0 and (abs(v) < 10 ** -digits or abs(v) >= 1e6):
             return f"{v:.3g}"  # learning rates, tiny p-values
