@@ -10,6 +10,7 @@ from tasks._stage import PipelineContext, run_stage
 @task(name="reflection", cache_policy=NONE)
 def reflection_task(ctx: PipelineContext, evaluation: StageOutput, train: StageOutput) -> StageOutput:
     from searchr1.reflection import analysis
+    from searchr1.reflection.lexicon import load_lexicon
 
     def build(work, run):
         summary = analysis.analyse(evaluation.path, train.path, ctx.cfg.reflection, work, log_metrics=run)
@@ -18,4 +19,6 @@ def reflection_task(ctx: PipelineContext, evaluation: StageOutput, train: StageO
         return summary
 
     return run_stage(ctx, "reflection", config_paths=["reflection"], upstream=[evaluation, train],
-                     sources=["searchr1.reflection"], build=build)
+                     sources=["searchr1.reflection"], build=build,
+                     # the lexicon is data, not code: an edited phrase list must invalidate the analysis
+                     extra_key={"lexicon": load_lexicon(ctx.cfg.reflection.lexicon_file).digest()})
