@@ -32,9 +32,12 @@ def fake_models(monkeypatch):
     return loaded
 
 
-def run(tmp_path, logged, checkpoints=((0, "base-folder"), (10, "ckpt-10"))):
+ALL_BASELINES = PipelineConfig.model_validate({"evaluation": {"baselines_at": "all"}})
+
+
+def run(tmp_path, logged, checkpoints=((0, "base-folder"), (10, "ckpt-10")), cfg=ALL_BASELINES):
     questions = {"single_hop": QUESTIONS[:5], "bridge": QUESTIONS[12:15]}
-    return ev.evaluate_checkpoints(list(checkpoints), questions, KeywordSearcher(), PipelineConfig(),
+    return ev.evaluate_checkpoints(list(checkpoints), questions, KeywordSearcher(), cfg,
                                    tmp_path, log_metrics=lambda m, s: logged.append((dict(m), s)), progress=False)
 
 
@@ -59,6 +62,12 @@ def test_evaluate_writes_rollouts_results_and_metrics(tmp_path: Path, fake_model
     assert [s for _, s in logged] == [0, 10]
     assert "eval/search_agent/average/em" in logged[0][0] and "eval/rag/bridge/invalid_call_rate" in logged[1][0]
     assert summary["search_agent_average_em"].keys() == {0, 10}
+
+
+def test_baselines_run_on_the_base_model_by_default(tmp_path: Path, fake_models):
+    summary = run(tmp_path, [], cfg=PipelineConfig())
+    assert summary["computed"] == 2 * 3 + 2  # base: agent + 2 baselines; step 10: agent only
+    assert not (tmp_path / "rollouts" / "step-000010" / "rag__bridge.parquet").exists()
 
 
 def test_resume_skips_finished_pairs(tmp_path: Path, fake_models):

@@ -112,7 +112,8 @@ def evaluate_checkpoints(checkpoints: list[tuple[int, Path | str]], questions: M
     for step, path in sorted(checkpoints, key=lambda c: c[0]):
         name = checkpoint_name(step)
         generator: Generator | None = None
-        for method in methods:
+        at_step = methods if step == 0 or cfg.evaluation.baselines_at == "all" else [AGENT]
+        for method in at_step:
             for bench, qs in questions.items():
                 target = rollout_path(out_dir, name, method, bench)
                 if target.is_file():
