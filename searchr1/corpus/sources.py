@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from searchr1 import faults
 from searchr1.corpus.jsonl import PASSAGE_FIELDS, QUESTION_FIELDS, DataError, ReadStats, read_jsonl
 
 PASSAGE_SCHEMA = pa.schema([("id", pa.string()), ("contents", pa.string())])
@@ -49,6 +50,7 @@ def write_passage_shards(rows: Iterable[dict], out_dir: Path, shard_rows: int, d
             tmp.replace(path)
         shard += 1
         buf.clear()
+        faults.point("corpus.after_shard")
 
     for row in tqdm(rows, desc=desc, unit=" rows", mininterval=2.0):
         buf.append({"id": row["id"], "contents": row["contents"]})

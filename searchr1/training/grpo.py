@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from searchr1 import faults
 from searchr1.agent.trace import Segment, write_rollouts
 from searchr1.retrieval.base import Searcher
 from searchr1.rewards import extract_answer, score
@@ -184,6 +185,7 @@ def _trainer_classes():
                                               "perf/search_seconds": self.tool_stats.seconds}
             if state.global_step >= state.max_steps:
                 control.should_save = True  # always leave a checkpoint of the last step
+            faults.point("train.after_step")
 
         def on_log(self, args, state, control, logs=None, **kw):
             step = state.global_step
@@ -200,6 +202,7 @@ def _trainer_classes():
 
         def _save_checkpoint(self, model, trial):
             super()._save_checkpoint(model, trial)  # -> <output_dir>/checkpoint-<step>, model + optimizer + RNG
+            faults.point("train.mid_checkpoint")  # written but not yet published
             step = self.state.global_step
             staged = Path(self.args.output_dir) / f"checkpoint-{step}"
             marker = {"step": step, "time": time.time(),
