@@ -15,6 +15,7 @@ from searchr1.cache import atomic_dir
 from searchr1.config import digest
 
 WHEEL_PREFIX = "wheel:"
+CONVERSION_VERSION = 2  # bump when the conversion changes, so cached folders are rebuilt
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -69,6 +70,12 @@ def _convert_gguf(gguf: Path, out: Path, cfg: PolicyConfig) -> None:
     fresh = AutoModelForCausalLM.from_config(config, dtype=dtype)
     fresh.load_state_dict(loaded.state_dict(), strict=True)
     fresh.save_pretrained(out, safe_serialization=True)
+    # The GGUF's tokenizer metadata names <|im_start|> as eos; generation_config has the real end of a
+    # turn (<|im_end|>). Trainers stop and mask completions on tokenizer.eos_token_id, so align them.
+    eos_id = loaded.generation_config.eos_token_id
+    if isinstance(eos_id, int):
+        tok.eos_token = tok.convert_ids_to_tokens(eos_id)
+        tok.pad_token = tok.pad_token or tok.eos_token
     tok.save_pretrained(out)
 
 
@@ -83,7 +90,7 @@ def resolve_policy(cfg: PolicyConfig, cache_root: Path) -> Path | str:
         if cfg.chat_template == "model" or not local.exists():
             return cfg.model if not local.exists() else local
     name = cfg.model.removeprefix(WHEEL_PREFIX).replace("/", "_")
-    out = Path(cache_root) / "models" / f"{name}-{digest(cfg.model_dump(mode='json'))}"
+    out = Path(cache_root) / "models" / f"{name}-{digest([CONVERSION_VERSION, cfg.model_dump(mode='json')])}"
     if (out / "config.json").is_file():
         return out
     with atomic_dir(out) as tmp:
