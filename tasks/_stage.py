@@ -64,6 +64,7 @@ def run_stage(ctx: PipelineContext, stage: str, *, config_paths: Sequence[str],
     run.log_params({f"config.{k}": json.dumps(v, sort_keys=True, default=str)[:5000] for k, v in cfg_slice.items()})
     run.set_tags({f"upstream.{u.stage}": u.key for u in upstream})
     logger.info("%s: building %s (resumable=%s)", stage, sd.work, resumable)
+    _ledger(ctx, {"stage": stage, "key": key, "status": "started"})  # a SIGKILL leaves only this line
     t0 = time.time()
     try:
         with sd.building(resumable=resumable) as work:

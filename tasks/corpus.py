@@ -12,4 +12,4 @@ from tasks._stage import PipelineContext, run_stage
 def corpus_task(ctx: PipelineContext) -> StageOutput:
     return run_stage(ctx, "corpus", config_paths=["corpus"], upstream=[],
                      sources=["searchr1.corpus"],
-                     build=lambda work, run: build.build_corpus(ctx.cfg, work))
+                     build=lambda work, run: build.build_corpus(ctx.cfg, work), resumable=True)

@@ -17,6 +17,8 @@ def index_task(ctx: PipelineContext, corpus: StageOutput) -> StageOutput:
             run.log_artifact(meta)
         return summary
 
-    return run_stage(ctx, "index", config_paths=["retrieval.embedder", "retrieval.index"], upstream=[corpus],
+    # Search-time settings (efSearch, nprobe, GPU placement) do not change what is built.
+    built = ctx.cfg.retrieval.index.model_dump(mode="json", exclude=index.SEARCH_TIME_KEYS)
+    return run_stage(ctx, "index", config_paths=["retrieval.embedder"], upstream=[corpus], extra_key={"index": built},
                      sources=["searchr1.retrieval"],
                      build=build, resumable=True)

@@ -1,0 +1,25 @@
+"""SIGKILL inside stages, resume, nothing lost: the data stages of the chain (the whole chain, with
+training and evaluation, is `python -m flows.fault_injection`; its table is in the closing note)."""
+
+from __future__ import annotations
+
+import pytest
+
+from flows.fault_injection import run_chain
+
+
+@pytest.mark.slow
+def test_kills_in_data_stages_resume_to_the_reference_result(tmp_path):
+    points = ["corpus.after_shard", "questions.before_publish", "index.before_publish"]
+    s = run_chain(tmp_path, points, until="train-data")
+    assert [k["fired"] for k in s["kills"]] == [True, True, True]
+    assert [k["exit"] for k in s["kills"]] == [-9, -9, -9]  # a real SIGKILL each time
+    assert [k["killed_stage"] for k in s["kills"]] == ["corpus", "questions", "index"]
+    # what finished before a kill is reused, never recomputed
+    assert s["kills"][1]["cached_on_entry"] == [] and s["kills"][1]["recomputed"] == ["corpus"]
+    assert s["kills"][2]["cached_on_entry"] == ["corpus"] and s["kills"][2]["recomputed"] == ["questions"]
+    assert all(not k["complete_looking_leftovers"] for k in s["kills"])
+    assert s["final_exit"] == 0 and s["reference_exit"] == 0
+    assert s["equal_to_reference"] == {"corpus": True, "questions": True, "index": True, "train-data": True}
+    assert s["stage_runs_total"] == 4  # each stage completed exactly once across all attempts
+    assert s["mlflow"]["parent_runs"] == 1
