@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from searchr1.agent.rollout import Rollout, run_agent
-from searchr1.config import ConfigError, load_config
+from searchr1.config import load_config_for_cli
 
 
 def print_trace(rollout: Rollout, out=sys.stdout) -> None:
@@ -49,10 +49,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="config override, e.g. --set agent.max_turns=2 (repeatable)")
     ap.add_argument("--sample", action="store_true", help="sample at agent.temperature instead of greedy")
     args = ap.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    cfg = load_config_for_cli(args.config, args.overrides)
+    if cfg is None:
         return 2
 
     from searchr1.agent.generators import make_generator

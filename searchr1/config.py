@@ -124,6 +124,17 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> PipelineConf
     return config_from_dict(data, source=label)
 
 
+def load_config_for_cli(path: str | Path, overrides: Iterable[str] = ()) -> PipelineConfig | None:
+    """For command-line entry points: the config, or None after printing its one-line error to stderr."""
+    import sys
+
+    try:
+        return load_config(path, overrides)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
 def digest(obj: Any) -> str:
     """Stable short hash of JSON-able data."""
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()

@@ -307,12 +307,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="render and validate only (no GPU needed)")
     ap.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
     args = ap.parse_args(argv)
-    from searchr1.config import ConfigError, load_config
+    from searchr1.config import load_config_for_cli
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    cfg = load_config_for_cli(args.config, args.overrides)
+    if cfg is None:
         return 2
     url = args.retrieval_url or f"http://{cfg.retrieval.server.host}:{cfg.retrieval.server.port}/retrieve"
     data_dir = args.train_data
