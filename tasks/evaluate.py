@@ -32,9 +32,8 @@ def evaluate_task(ctx: PipelineContext, policy_path: Path | str, questions: Stag
         tables = results.results_table(work / "results.parquet", work, reference=cfg.questions.source == "flashrag")
         for path in tables.values():
             run.log_artifact(path)
-        if "results.md" in {p.name for p in tables.values()}:
-            md = next(p for p in tables.values() if p.name == "results.md").read_text()
-            create_markdown_artifact(md, key="results", description="Exact match per benchmark")
+        create_markdown_artifact(tables["markdown"].read_text(), key="results",
+                                 description="Exact match per benchmark")
         return summary
 
     return run_stage(ctx, "evaluate", config_paths=["evaluation", "agent", "questions", "retrieval.topk", "policy"],

@@ -43,8 +43,8 @@ def report_task(ctx: PipelineContext, stages: dict[str, StageOutput]) -> StageOu
         for path in paths.values():
             run.log_artifact(path)
             parent.log_artifact(path, "report")
-        md = paths.get("md") or next(p for p in paths.values() if str(p).endswith(".md"))
-        create_markdown_artifact(md.read_text(), key="report", description="reproduce-search-r1 run report")
+        create_markdown_artifact(paths["md"].read_text(), key="report",
+                                 description="reproduce-search-r1 run report")
         return {"files": {k: str(v) for k, v in paths.items()}}
 
     # The report links this pipeline run's MLflow runs, so it is keyed by the run id too.
