@@ -43,7 +43,10 @@ def test_source_file_follows_the_rules(path):
         if name == "load" and isinstance(call.func, ast.Attribute) and getattr(call.func.value, "id", "") == "torch":
             assert "weights_only" in kw and getattr(kw["weights_only"], "value", None) is True, \
                 f"{where}: torch.load without weights_only=True"
-        if name in ("run", "Popen", "check_output", "check_call", "create_subprocess_exec") and call.args:
+        is_subprocess = isinstance(call.func, ast.Attribute) and getattr(call.func.value, "id", "") in (
+            "subprocess", "asyncio") or name == "Popen"
+        if is_subprocess and name in ("run", "Popen", "check_output", "check_call", "create_subprocess_exec") \
+                and call.args:
             assert not isinstance(call.args[0], (ast.JoinedStr, ast.Constant, ast.BinOp)), \
                 f"{where}: subprocess started from a string; pass an argument list"
 
