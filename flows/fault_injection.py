@@ -73,7 +73,8 @@ def _ledger(artifacts: Path, run_id: str) -> list[dict]:
 
 DATA_SUFFIXES = (".parquet", ".jsonl", ".json", ".safetensors", ".faiss", ".npy", ".arrow")
 # bookkeeping that differs between runs by design (timings, attempt logs)
-VOLATILE = ("_manifest.json", "metrics.jsonl", "metrics.pending.jsonl", "trainer_state.json", "index_meta.json")
+VOLATILE = ("_manifest.json", "manifest.json", "metrics.jsonl", "metrics.pending.jsonl", "trainer_state.json",
+            "index_meta.json")
 
 
 def stage_fingerprints(artifacts: Path) -> dict[str, dict[str, str]]:

@@ -48,7 +48,7 @@ def test_tool_mask_covers_exactly_the_retrieved_text(policy, tmp_path, monkeypat
 
     from searchr1.training import grpo
 
-    cfg = _cfg(1, tmp_path, max_completion=100, max_obs=24)  # the call, the passage, <= ~20 tokens after it
+    cfg = _cfg(1, tmp_path, max_completion=100, max_obs=24)  # the call, the cut passage, a few tokens after it
     build_train_data(QS, cfg, tmp_path / "data")
     model, tok = grpo.load_for_training(policy, cfg)
     tool = grpo.make_search_tool(WordOverlapSearcher(DOCS), 1, 24, tok)
@@ -76,12 +76,14 @@ def test_tool_mask_covers_exactly_the_retrieved_text(policy, tmp_path, monkeypat
     trainer._async_tool_dicts = [{} for _ in prompts]
     _, completion_ids, tool_mask, completions, *_ = trainer._generate(prompts)
     assert len(turns) == 2, f"no post-tool generation ran: {completions}"
+    retrieved = tool(["Baneix Jeseimae 3 born"]).strip()  # exactly what the tool returned (cut to 24 tokens)
+    assert retrieved.startswith("Doc 1(Title:")
     for ids, mask, msgs in zip(completion_ids, tool_mask, completions, strict=True):
         assert len(ids) == len(mask)
         masked = tok.decode([t for t, m in zip(ids, mask, strict=True) if m == 0])
         kept = tok.decode([t for t, m in zip(ids, mask, strict=True) if m == 1])
-        assert "Triabrus3" in masked and "<tool_response>" in masked  # the retrieved passage is masked
-        assert "Triabrus3" not in kept.split("</tool_call>")[0]  # the model's own call is trained on
+        assert retrieved in masked and "<tool_response>" in masked  # the retrieved passage is masked
+        assert retrieved not in kept  # and none of it is trained on
         assert kept.startswith("<tool_call>") and "Baneix Jeseimae 3 born" in kept
         assert ids[: len(scripted)] == scripted and all(mask[: len(scripted)])
         assert any(m == 1 for m in mask[len(scripted):]) or len(ids) == len(mask)
