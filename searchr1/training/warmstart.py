@@ -191,4 +191,4 @@ def warm_start(policy_path: Path | str, questions: Mapping[str, Sequence[Questio
     seconds = time.perf_counter() - t0
     return {**summary, "steps": step, "loss_first": losses[0], "loss_last": losses[-1],
             "trained_tokens_per_example": sum(sum(x != IGNORE for x in lab) for _, lab in examples) / len(examples),
-            "seconds": seconds, "tokens_per_s": tokens / seconds, "model": "model"}  # relative: the folder is renamed
+            "seconds": seconds, "tokens_per_s": tokens / seconds, "model": str(out_dir / "model")}
