@@ -64,7 +64,7 @@ def main() -> None:
         if args.compare == "trl-default":
             from trl import GRPOConfig
 
-            d = GRPOConfig(output_dir=tmp)
+            d = GRPOConfig(output_dir=tmp, use_cpu=True, bf16=False)  # only its defaults are read
             base = run("trl-default", cfg, policy, Path(tmp), searcher, {
                 "learning_rate": d.learning_rate, "lr_scheduler_type": d.lr_scheduler_type,
                 "warmup_ratio": d.warmup_ratio, "beta": d.beta, "max_tool_calling_iterations": None,
