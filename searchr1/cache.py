@@ -96,11 +96,26 @@ class StageDir:
         return StageOutput(self.stage, self.key, self.final, dict(summary))
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON next to `path` and rename it in place: readers never see half a file."""
+@contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """Yield a temporary name next to `path`; rename it to `path` only if the block succeeds.
+
+    Readers never see half a file, and a killed writer leaves only a dot-file that nothing reads.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
 @contextmanager

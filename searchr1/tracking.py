@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from searchr1.cache import atomic_file
+
 # Library code reports metrics through this callable and never needs to know about MLflow runs:
 # log_metrics({"reward/mean": 0.4}, step)
 MetricsLogger = Callable[[Mapping[str, float], "int | None"], None]
@@ -223,6 +225,5 @@ class CommittedMetrics:
                     self.sink({k: v for k, v in r.items() if k != "step"}, r["step"])
                     fh.write(json.dumps(r) + "\n")
         self._rows = [r for r in self._rows if r["step"] > upto]
-        tmp = self.pending.with_name(f".{self.pending.name}.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in self._rows))
-        os.replace(tmp, self.pending)
+        with atomic_file(self.pending) as tmp:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in self._rows))

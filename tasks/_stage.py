@@ -20,7 +20,7 @@ from prefect import get_run_logger
 
 from searchr1 import faults
 from searchr1.cache import StageDir, StageOutput, source_digest, stage_key
-from searchr1.config import PipelineConfig
+from searchr1.config import PipelineConfig, flatten
 from searchr1.tracking import PipelineTracker, StageRun
 
 
@@ -88,10 +88,5 @@ def run_stage(ctx: PipelineContext, stage: str, *, config_paths: Sequence[str],
 
 def _numbers(summary: Mapping[str, Any], prefix: str) -> dict[str, float]:
     """The numeric leaves of a summary, for MLflow metrics."""
-    out: dict[str, float] = {}
-    for k, v in summary.items():
-        if isinstance(v, Mapping):
-            out.update(_numbers(v, f"{prefix}/{k}"))
-        elif isinstance(v, (int, float)) and not isinstance(v, bool):
-            out[f"{prefix}/{k}"] = float(v)
-    return out
+    return {f"{prefix}/{k.replace('.', '/')}": float(v) for k, v in flatten(summary).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}

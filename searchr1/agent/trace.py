@@ -14,6 +14,8 @@ from typing import Any, Literal, TypedDict
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from searchr1.cache import atomic_file
+
 Role = Literal["assistant", "tool"]
 Method = Literal["search_agent", "direct", "rag"]
 StopReason = Literal["answer", "max_turns", "max_tokens", "no_action"]
@@ -58,10 +60,8 @@ ROLLOUT_SCHEMA = pa.schema([
 def write_rollouts(rows: Iterable[Mapping[str, Any]], path: Path) -> None:
     """Write rows with ROLLOUT_SCHEMA atomically (temp file + rename)."""
     table = pa.Table.from_pylist([dict(r) for r in rows], schema=ROLLOUT_SCHEMA)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def read_rollouts(paths: Iterable[Path]) -> pa.Table:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from searchr1.cache import atomic_file
 from searchr1.config import PipelineConfig
 from searchr1.corpus import synthetic
 from searchr1.corpus.jsonl import DataError, ReadStats
@@ -51,12 +52,9 @@ def _subsample(rows: list[dict], limit: int | None, seed: int) -> list[dict]:
 
 
 def _write_jsonl(rows: Sequence[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
+    with atomic_file(path) as tmp, tmp.open("w", encoding="utf-8") as fh:
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
 
 
 def build_question_sets(cfg: PipelineConfig, out_dir: Path) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from searchr1 import faults
+from searchr1.cache import atomic_file
 from searchr1.corpus.jsonl import PASSAGE_FIELDS, QUESTION_FIELDS, DataError, ReadStats, read_jsonl
 
 PASSAGE_SCHEMA = pa.schema([("id", pa.string()), ("contents", pa.string())])
@@ -45,9 +46,8 @@ def write_passage_shards(rows: Iterable[dict], out_dir: Path, shard_rows: int, d
         nonlocal shard
         path = out_dir / f"part-{shard:05d}.parquet"
         if not path.exists():
-            tmp = path.with_name(f".{path.name}.tmp")
-            pq.write_table(pa.Table.from_pylist(buf, schema=PASSAGE_SCHEMA), tmp)
-            tmp.replace(path)
+            with atomic_file(path) as tmp:
+                pq.write_table(pa.Table.from_pylist(buf, schema=PASSAGE_SCHEMA), tmp)
         shard += 1
         buf.clear()
         faults.point("corpus.after_shard")

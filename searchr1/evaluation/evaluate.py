@@ -11,7 +11,6 @@ benchmarks (each benchmark counts once, as the paper averages its seven).
 from __future__ import annotations
 
 import gc
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +21,7 @@ from searchr1 import faults
 from searchr1.agent.generators import Generator, make_generator
 from searchr1.agent.rollout import run_agent, run_baseline, summarize_rows
 from searchr1.agent.trace import ROLLOUT_SCHEMA, Question, write_rollouts
+from searchr1.cache import atomic_file
 from searchr1.retrieval.base import Searcher
 from searchr1.tracking import MetricsLogger, null_logger
 
@@ -88,11 +88,9 @@ def results_rows(rollout_tables: Mapping[tuple[str, int, str, str], list[dict]])
 def _write_parquet_atomic(rows: list[dict[str, Any]], path: Path) -> None:
     import pandas as pd
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     frame = pd.DataFrame(rows, columns=["checkpoint", "step", "method", "benchmark", "metric", "value", "n"])
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        frame.to_parquet(tmp, index=False)
 
 
 def evaluate_checkpoints(checkpoints: list[tuple[int, Path | str]], questions: Mapping[str, Sequence[Question]],

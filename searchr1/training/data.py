@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from searchr1.agent.prompts import build_messages
 from searchr1.agent.trace import Question
+from searchr1.cache import atomic_file
 
 VERL_DIR, TRL_DIR = "verl", "trl"
 TRAIN_FILE, VAL_FILE = "train.parquet", "val.parquet"
@@ -60,10 +61,8 @@ def trl_row(q: Question, bench: str, style: str) -> dict[str, Any]:
 
 
 def _write(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(pa.Table.from_pylist(list(rows)), tmp)
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        pq.write_table(pa.Table.from_pylist(list(rows)), tmp)
 
 
 def build_train_data(questions: Mapping[str, Sequence[Question]], cfg, out_dir: Path) -> dict[str, Any]:
