@@ -113,9 +113,14 @@ def atomic_file(path: Path) -> Iterator[Path]:
     os.replace(tmp, path)
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
+def write_text_atomic(path: Path, text: str) -> Path:
     with atomic_file(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+        tmp.write_text(text, encoding="utf-8")
+    return path
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
 @contextmanager

@@ -12,7 +12,6 @@ import datetime as dt
 import html
 import json
 import math
-import os
 import re
 import shutil
 from collections.abc import Mapping
@@ -21,6 +20,8 @@ from typing import Any
 
 import pandas as pd
 import yaml
+
+from searchr1.cache import atomic_file, write_text_atomic
 
 PAPER_POLICY = "Qwen2.5-3B-Instruct"
 STAGE_ORDER = ("corpus", "questions", "index", "train-data", "warm-start", "train", "evaluate", "reflection")
@@ -119,17 +120,10 @@ def _copy_png(src: Path | None, out_dir: Path, name: str) -> str | None:
     if src is None or not Path(src).is_file():
         return None
     dst = out_dir / name
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    with atomic_file(dst) as tmp:
+        shutil.copyfile(src, tmp)
     return name
 
-
-def _write_text(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
 
 
 # ---------------------------------------------------------------------------------------------- sections
@@ -226,10 +220,9 @@ def plot_training_curves(metrics: pd.DataFrame, path: Path) -> Path | None:
         ax.set_visible(False)
     fig.suptitle("Training curves", fontsize=11)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -399,8 +392,8 @@ def build_report(out_dir: Path, *, config: dict, stages: Mapping[str, dict], res
            yaml.safe_dump(config, sort_keys=False, default_flow_style=False).strip(), "```", ""]
 
     text = "\n".join(md)
-    paths: dict[str, Path] = {"md": _write_text(out_dir / "report.md", text),
-                              "html": _write_text(out_dir / "report.html", render_html(text, out_dir, title))}
+    paths: dict[str, Path] = {"md": write_text_atomic(out_dir / "report.md", text),
+                              "html": write_text_atomic(out_dir / "report.html", render_html(text, out_dir, title))}
     for png in sorted(out_dir.glob("*.png")):
         paths[f"png:{png.stem}"] = png
     return paths

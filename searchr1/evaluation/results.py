@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from searchr1.cache import atomic_file, write_text_atomic
 from searchr1.evaluation.evaluate import AGENT, AVERAGE
 
 # Pass@1 EM (%) for Qwen2.5-3B-Instruct, GRPO, from DESIGN.md.
@@ -104,9 +105,7 @@ def results_table(results_parquet: Path, out_dir: Path, reference: bool) -> dict
             lines.append(f"| {label.split(' @ ')[1]} | " + " | ".join(vals) + " |")
     out_dir.mkdir(parents=True, exist_ok=True)
     md = out_dir / "results.md"
-    tmp = md.with_name(".results.md.tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    tmp.replace(md)
+    write_text_atomic(md, "\n".join(lines) + "\n")
 
     fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(rows_order) + 2) + 3.0, 4.2))
     width = 0.8 / max(1, len(table))
@@ -119,8 +118,7 @@ def results_table(results_parquet: Path, out_dir: Path, reference: bool) -> dict
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never hides a bar
     fig.tight_layout()
     png = out_dir / "results.png"
-    tmp_png = png.with_name(".results.png.tmp.png")
-    fig.savefig(tmp_png, dpi=120)
+    with atomic_file(png) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
-    tmp_png.replace(png)
     return {"markdown": md, "png": png}

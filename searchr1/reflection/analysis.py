@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from searchr1.agent.trace import ROLLOUT_SCHEMA
-from searchr1.cache import write_json_atomic
+from searchr1.cache import atomic_file, write_json_atomic, write_text_atomic
 from searchr1.reflection import plots, stats
 from searchr1.reflection.config import ReflectionConfig
 from searchr1.reflection.detect import PhraseMatch, matches_in_segments
@@ -262,9 +261,8 @@ def _records(df: pd.DataFrame) -> list[dict]:
 
 
 def _write_parquet(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        df.to_parquet(tmp, index=False)
 
 
 def _fmt(v: Any, digits: int = 3, pvalue: bool = False) -> str:
@@ -375,9 +373,7 @@ def write_markdown(result: dict, path: Path) -> None:
                       f"Q: {md_escape(ex['question'])}  ",
                       f"  > {quote}  ",
                       f"  answer: {md_escape(ex['prediction']) or '(none)'}; gold: {gold} → **{verdict}**", ""]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(lines), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, "\n".join(lines))
 
 
 # ---------------------------------------------------------------------------------------------- the stage

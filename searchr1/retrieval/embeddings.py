@@ -9,7 +9,6 @@ of it changed, the old shards are deleted rather than mixed with new ones.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from searchr1.cache import write_json_atomic
+from searchr1.cache import atomic_file, write_json_atomic
 from searchr1.retrieval.config import EmbedderConfig
 from searchr1.retrieval.passages import PassageStore
 from searchr1.tracking import MetricsLogger, null_logger
@@ -112,6 +111,5 @@ def embed_corpus(store: PassageStore, emb_dir: Path, cfg: EmbedderConfig, corpus
 
 
 def _save_atomic(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
-    np.save(tmp, np.ascontiguousarray(arr, dtype=np.float32))
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp, open(tmp, "wb") as fh:  # a handle: np.save(name) would add ".npy"
+        np.save(fh, np.ascontiguousarray(arr, dtype=np.float32))

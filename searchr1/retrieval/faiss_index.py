@@ -9,13 +9,13 @@ clear error, never a silent fallback.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
+from searchr1.cache import atomic_file
 from searchr1.retrieval.config import IndexConfig
 from searchr1.retrieval.embeddings import Embeddings
 
@@ -126,9 +126,8 @@ def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
 
 
 def write_index(index: faiss.Index, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    faiss.write_index(index, str(tmp))
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        faiss.write_index(index, str(tmp))
 
 
 def read_index(path: Path, cfg: IndexConfig) -> faiss.Index:

@@ -7,7 +7,6 @@ costs page cache, not Python objects, and a lookup of k rows is one `take`.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from searchr1.cache import atomic_file
 from searchr1.retrieval.base import Doc
 
 PASSAGES_FILE = "passages.arrow"
@@ -66,9 +66,8 @@ def fingerprint(shards: Sequence[Path]) -> str:
 
 def copy_passages(shards: Sequence[Path], dest: Path) -> int:
     """Stream the shards into one Arrow file at `dest` (atomically); returns the row count."""
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     n = 0
-    with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, SCHEMA) as writer:
+    with atomic_file(dest) as tmp, pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, SCHEMA) as writer:
         for path in shards:
             check_shard(path)
             for batch in pq.ParquetFile(path).iter_batches(batch_size=65_536, columns=["id", "contents"]):
@@ -78,7 +77,6 @@ def copy_passages(shards: Sequence[Path], dest: Path) -> int:
                     raise CorpusFormatError(f"{path}: rows {n}..{n + table.num_rows}: {nulls} null id/contents")
                 writer.write_table(table)
                 n += table.num_rows
-    os.replace(tmp, dest)
     return n
 
 

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from searchr1.cache import write_text_atomic
 from searchr1.tracking import MetricsLogger, null_logger
 from searchr1.training.data import TRAIN_FILE, VAL_FILE, VERL_DIR
 
@@ -195,10 +196,10 @@ def render_verl(cfg, train_data_dir: Path, retrieval_url: str, out_dir: Path) ->
             raise FileNotFoundError(f"{data / name}: verl training data missing; run the train-data stage first")
     agent = cfg.agent
     tool_path, reward_path = out_dir / "search_tool.py", out_dir / "reward.py"
-    _write(tool_path, SEARCH_TOOL_FILE.format(url=retrieval_url, topk=agent.topk, max_obs_tokens=agent.max_obs_tokens,
-                                              max_queries=agent.max_queries_per_call,
-                                              max_query_chars=agent.max_query_chars))
-    _write(reward_path, REWARD_FILE.format(format_reward=float(cfg.training.grpo.format_reward)))
+    write_text_atomic(tool_path, SEARCH_TOOL_FILE.format(
+        url=retrieval_url, topk=agent.topk, max_obs_tokens=agent.max_obs_tokens,
+        max_queries=agent.max_queries_per_call, max_query_chars=agent.max_query_chars))
+    write_text_atomic(reward_path, REWARD_FILE.format(format_reward=float(cfg.training.grpo.format_reward)))
     overrides = verl_overrides(cfg, train_data_dir, out_dir, tool_path, reward_path)
     problems = validate_overrides(overrides, load_schema_keys())
     if problems:
@@ -213,18 +214,12 @@ def render_verl(cfg, train_data_dir: Path, retrieval_url: str, out_dir: Path) ->
                     checkpoint_dir=out_dir / "checkpoints",
                     files={"search_tool": str(tool_path), "reward": str(reward_path),
                            "plan": str(out_dir / "plan.json"), "launch": str(out_dir / "launch.sh")}, ray=ray)
-    _write(out_dir / "plan.json", json.dumps(plan.to_json(), indent=2))
+    write_text_atomic(out_dir / "plan.json", json.dumps(plan.to_json(), indent=2))
     script = "#!/usr/bin/env bash\n# Rendered by searchr1.training.verl_launch\nset -euo pipefail\n" + "".join(
         f"export {k}={shlex.quote(val)}\n" for k, val in env.items()) + " \\\n    ".join(
         shlex.quote(a) for a in plan.argv) + "\n"
-    _write(out_dir / "launch.sh", script)
+    write_text_atomic(out_dir / "launch.sh", script)
     return plan
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 _LINE = re.compile(r"^step:(\d+) - (.*)$")
