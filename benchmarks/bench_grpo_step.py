@@ -1,13 +1,14 @@
 """Seconds per GRPO step and training tokens/s: our TRL settings vs TRL's defaults, same data and model.
 
-Baseline ("trl-default"): GRPOConfig as TRL ships it (bf16 autocast off on CPU, lr 1e-6, no
-max_tool_calling_iterations limit, linear schedule) with only what the run needs set: batch shape,
-group size, completion length, the tool, CPU. Ours ("searchr1"): `grpo_args(cfg)`, plus the option
-under test (e.g. bf16 autocast). Both run `--steps` steps from the same policy on the same prompts;
-each configuration runs in the same process one after the other, and we quote the median step.
+Baseline ("trl-default"): GRPOConfig as TRL ships it (bf16 autocast off on CPU, lr 1e-6, no KL term,
+no max_tool_calling_iterations limit, linear schedule, gradient checkpointing on) with only what the
+run needs set: batch shape, group size, completion length, the tool, CPU. Ours ("searchr1"):
+`grpo_args(cfg)`, plus the option under test (e.g. bf16 autocast). Both run `--steps` steps from the
+same policy on the same prompts; each configuration runs in the same process one after the other,
+and we quote the median step (the first is dropped: it warms caches).
 
-    python benchmarks/bench_grpo_step.py --steps 3 --prompts 2 --group 4 --max-completion 96
-    python benchmarks/bench_grpo_step.py --compare bf16   # fp32 vs bf16 autocast, our settings
+    python benchmarks/bench_grpo_step.py --steps 4 --prompts 2 --group 4 --max-completion 128
+    python benchmarks/bench_grpo_step.py --compare bf16   # fp32 vs bf16 autocast, with log-prob drift
 """
 
 from __future__ import annotations
@@ -32,6 +33,35 @@ def run(label: str, cfg, policy, data_dir: Path, searcher, overrides: dict) -> d
     tps = statistics.median(h["perf/tokens_per_s"] for h in hist)
     print(f"{label:>12}: median {sec:7.1f} s/step, {tps:7.1f} tokens/s over {len(hist)} step(s)")
     return {"sec": sec, "tps": tps}
+
+
+def logprob_drift(policy: Path, traces: list, tools) -> str:
+    """How far bf16 autocast moves the trained tokens' log-probs from fp32, on real warm-start traces.
+
+    PPO/GRPO clips the ratio exp(logp_new - logp_old) at 1 +/- 0.2, so a drift well under 0.2 is harmless.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from searchr1.training.warmstart import IGNORE, tokenize_trace
+
+    tok = AutoTokenizer.from_pretrained(policy)
+    model = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32).eval()
+    diffs = []
+    for messages in traces:
+        ids, labels = tokenize_trace(tok, messages, tools)
+        x, y = torch.tensor([ids]), torch.tensor(labels[1:])
+        keep = y != IGNORE
+        lp = {}
+        for bf16 in (False, True):
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                logits = model(input_ids=x).logits[0, :-1].float()
+            lp[bf16] = logits.log_softmax(-1)[keep].gather(-1, y[keep, None])[:, 0]
+        diffs.append((lp[True] - lp[False]).abs())
+    d = torch.cat(diffs)
+    return (f"bf16 vs fp32 log-prob of {d.numel()} trained tokens in {len(traces)} traces: "
+            f"median |diff| {d.median():.4f}, p99 {d.quantile(0.99):.4f}, max {d.max():.4f} "
+            f"(PPO clip range: 0.2)")
 
 
 def main() -> None:
@@ -68,9 +98,17 @@ def main() -> None:
             base = run("trl-default", cfg, policy, Path(tmp), searcher, {
                 "learning_rate": d.learning_rate, "lr_scheduler_type": d.lr_scheduler_type,
                 "warmup_ratio": d.warmup_ratio, "beta": d.beta, "max_tool_calling_iterations": None,
-                "disable_dropout": d.disable_dropout, "top_p": d.top_p})
+                "disable_dropout": d.disable_dropout, "top_p": d.top_p,
+                "gradient_checkpointing": d.gradient_checkpointing})
             ours = run("searchr1", cfg, policy, Path(tmp), searcher, {})
         else:
+            from transformers import AutoTokenizer
+
+            from searchr1.agent.prompts import tools_for
+            from searchr1.training.warmstart import build_traces
+
+            traces, _ = build_traces(train, searcher, AutoTokenizer.from_pretrained(policy), cfg, 16)
+            print(logprob_drift(policy, traces, tools_for("tool_call")))
             base = run("fp32", cfg, policy, Path(tmp), searcher, {"bf16": False})
             ours = run("bf16", cfg, policy, Path(tmp), searcher, {"bf16": True})
     print(f"ratio vs {'TRL defaults' if args.compare == 'trl-default' else 'fp32'}: "

@@ -238,6 +238,7 @@ def grpo_args(cfg, work_dir: Path, **overrides: Any):
         max_completion_length=g.max_completion_length,
         max_tool_calling_iterations=max(agent.max_turns - 1, 1),
         bf16=g.bf16,
+        gradient_checkpointing=g.gradient_checkpointing,
         use_cpu=g.device == "cpu",
         save_strategy="steps",
         save_steps=g.save_every,
