@@ -74,7 +74,7 @@ def _ledger(artifacts: Path, run_id: str) -> list[dict]:
 DATA_SUFFIXES = (".parquet", ".jsonl", ".json", ".safetensors", ".faiss", ".npy", ".arrow")
 # bookkeeping that differs between runs by design (timings, attempt logs)
 VOLATILE = ("_manifest.json", "manifest.json", "metrics.jsonl", "metrics.pending.jsonl", "trainer_state.json",
-            "index_meta.json")
+            "index_meta.json", "checkpoint_complete.json")
 
 
 def stage_fingerprints(artifacts: Path) -> dict[str, dict[str, str]]:
@@ -96,6 +96,14 @@ def incomplete_outputs(artifacts: Path) -> list[str]:
     for manifest in (artifacts / "cache").glob("*/*/_manifest.json"):
         bad += [str(p) for p in manifest.parent.rglob("*.tmp")]
     return bad
+
+
+def redone_seconds(ledger: list[dict], stage: str, killed_at: float) -> float | None:
+    """Seconds the first completed rebuild of `stage` after the kill took: the work the kill cost."""
+    for rec in ledger:
+        if rec["time"] > killed_at and rec["stage"] == stage and rec["status"] == "ran":
+            return round(rec["seconds"], 1)
+    return None
 
 
 def _mlflow_checks(artifacts: Path, run_id: str) -> dict:
@@ -138,6 +146,10 @@ def run_chain(out: Path, points: list[str], until: str) -> dict:
         print(json.dumps(rows[-1]), flush=True)
     rc = _attempt(chaos, run_id, until, None, log)
     final = _ledger(chaos, run_id)
+    for r in rows:
+        if r["fired"] and r["killed_stage"]:
+            killed_at = (out / f"fired-{r['point']}").stat().st_mtime
+            r["redone_seconds"] = redone_seconds(final, r["killed_stage"], killed_at)
     rc_ref = _attempt(reference, "reference", until, None, log)
     fp_chaos, fp_ref = stage_fingerprints(chaos), stage_fingerprints(reference)
     equal = {stage: fp_chaos.get(stage) == fp_ref.get(stage) for stage in sorted(set(fp_chaos) | set(fp_ref))
@@ -152,12 +164,13 @@ def run_chain(out: Path, points: list[str], until: str) -> dict:
 
 
 def markdown(s: dict) -> str:
-    lines = ["| kill point | fired | killed in | reused on resume | recomputed | work lost (s) | leftovers |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| kill point | fired | killed in | reused on entry | completed in the attempt | in stage when killed (s) "
+             "| rebuild after resume (s) | leftovers |", "|---|---|---|---|---|---|---|---|"]
     for r in s["kills"]:
         lines.append(f"| {r['point']} | {'yes' if r['fired'] else 'no'} | {r['killed_stage'] or '-'} | "
                      f"{', '.join(r['cached_on_entry']) or '-'} | {', '.join(r['recomputed']) or '-'} | "
-                     f"{r['lost_seconds']} | {len(r['complete_looking_leftovers'])} |")
+                     f"{r['lost_seconds']} | {r.get('redone_seconds', '-')} | "
+                     f"{len(r['complete_looking_leftovers'])} |")
     lines += ["", f"Final attempt exit {s['final_exit']}; reference run exit {s['reference_exit']}.",
               "Outputs equal to the uninterrupted reference: " +
               ", ".join(f"{k}={'yes' if v else 'NO'}" for k, v in s["equal_to_reference"].items()),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from flows.fault_injection import run_chain
+from flows.fault_injection import redone_seconds, run_chain
 
 
 @pytest.mark.slow
@@ -23,3 +23,15 @@ def test_kills_in_data_stages_resume_to_the_reference_result(tmp_path):
     assert s["equal_to_reference"] == {"corpus": True, "questions": True, "index": True, "train-data": True}
     assert s["stage_runs_total"] == 4  # each stage completed exactly once across all attempts
     assert s["mlflow"]["parent_runs"] == 1
+    # the index was killed after its shards and FAISS file were written: the resume reuses them
+    assert s["kills"][2]["redone_seconds"] is not None and s["kills"][2]["redone_seconds"] < 5
+
+
+def test_redone_seconds_is_the_first_rebuild_after_the_kill():
+    ledger = [{"time": 1.0, "stage": "index", "status": "ran", "seconds": 9.0},      # an earlier run
+              {"time": 5.0, "stage": "index", "status": "started"},
+              {"time": 7.0, "stage": "corpus", "status": "ran", "seconds": 2.0},
+              {"time": 8.0, "stage": "index", "status": "ran", "seconds": 0.25},
+              {"time": 9.0, "stage": "index", "status": "ran", "seconds": 4.0}]
+    assert redone_seconds(ledger, "index", killed_at=4.0) == 0.2
+    assert redone_seconds(ledger, "train", killed_at=4.0) is None

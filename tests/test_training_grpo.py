@@ -127,3 +127,7 @@ def test_train_kill_resume_continues_the_step_series(policy, tmp_path):
     assert len(rows) == 4 and {r["step"] for r in rows} == {3}
     assert {r["checkpoint"] for r in rows} == {"train"} and {r["benchmark"] for r in rows} == {"single_hop"}
     assert all(r["method"] == "search_agent" for r in rows)
+    # killed after the last checkpoint (before the stage published): the resume trains no extra step
+    third = train_grpo(policy, tmp_path / "data", searcher, _cfg(3, tmp_path), work, log)
+    assert third["steps"] == 3 and third["resumed_from_step"] == 3 and third["history"] == []
+    assert [s for s, _ in list_checkpoints(work)] == [1, 2, 3]

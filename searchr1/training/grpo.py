@@ -282,6 +282,12 @@ def train_grpo(policy_path: Path | str, train_data_dir: Path, searcher: Searcher
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(work_dir / STAGING_DIR, ignore_errors=True)  # a killed run's half-written checkpoint
+    resume = latest_checkpoint(work_dir)
+    if resume and resume[0] >= cfg.training.grpo.steps:
+        # Killed after the last checkpoint: HF's Trainer, resumed at max_steps, would train one step more.
+        return {"engine": "trl", "steps": resume[0], "resumed_from_step": resume[0], "seconds": 0.0,
+                "checkpoints": [str(p) for _, p in _published(work_dir)], "last": _last_committed(work_dir),
+                "history": []}
     rows = read_trl_rows(train_data_dir)
     model, tok = load_for_training(policy_path, cfg)
     stats = ToolStats()
@@ -294,7 +300,6 @@ def train_grpo(policy_path: Path | str, train_data_dir: Path, searcher: Searcher
     args = grpo_args(cfg, work_dir, **dict(trl_overrides or {}))
     trainer = Trainer(model=model, reward_funcs=[reward], args=args, train_dataset=Dataset.from_list(rows),
                       processing_class=tok, tools=[tool], callbacks=[logger])
-    resume = latest_checkpoint(work_dir)
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume[1]) if resume else None)
     ckpts = [str(p) for _, p in _published(work_dir)]
@@ -302,6 +307,13 @@ def train_grpo(policy_path: Path | str, train_data_dir: Path, searcher: Searcher
     return {"engine": "trl", "steps": trainer.state.global_step, "resumed_from_step": resume[0] if resume else 0,
             "seconds": time.perf_counter() - t0, "checkpoints": ckpts, "last": last,
             "history": logger.history}
+
+
+def _last_committed(work_dir: Path) -> dict[str, Any]:
+    """The last step's metrics as the run logged them (metrics.jsonl holds only checkpointed steps)."""
+    path = Path(work_dir) / "metrics.jsonl"
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    return json.loads(lines[-1]) if lines else {}
 
 
 def _published(work_dir: Path):
