@@ -27,8 +27,8 @@ class GRPOConfig(Section):
     format_reward: NonNegativeFloat = 0.0  # Search-R1 uses EM only
     warmup_ratio: float = Field(0.0, ge=0, lt=1)  # Search-R1: 0.285 of the steps, then constant
     # bf16 autocast (weights stay fp32). On this Zen 4 CPU (avx512_bf16): 1.21x tokens/s per GRPO step,
-    # median log-prob drift 0.003 vs fp32 (benchmarks/bench_grpo_step.py --compare bf16). Off by default
-    # because a CPU without native bf16 emulates it and gets slower; tiny.yaml switches it on.
+    # median log-prob drift 0.003 vs fp32 (benchmarks/bench_grpo_step.py --compare bf16). Off by default:
+    # a CPU without native bf16 emulates it, and the tiny run's learning was only measured in fp32.
     bf16: bool = False
     device: Literal["cpu", "auto"] = "cpu"  # "auto" lets TRL pick a GPU when there is one
     # TRL defaults to True. A 135M policy's activations fit easily in RAM, and recomputing them cost
