@@ -3,11 +3,12 @@
 Baseline ("trl-default"): GRPOConfig as TRL ships it (bf16 autocast off on CPU, lr 1e-6, no KL term,
 no max_tool_calling_iterations limit, linear schedule, gradient checkpointing on) with only what the
 run needs set: batch shape, group size, completion length, the tool, CPU. Ours ("searchr1"):
-`grpo_args(cfg)`, plus the option under test (e.g. bf16 autocast). Both run `--steps` steps from the
+`grpo_args(cfg)` in fp32, and again with bf16 autocast. Both run `--steps` steps from the
 same policy on the same prompts; each configuration runs in the same process one after the other,
 and we quote the median step (the first is dropped: it warms caches).
 
-    python benchmarks/bench_grpo_step.py --steps 4 --prompts 2 --group 4 --max-completion 128
+    python benchmarks/bench_grpo_step.py --steps 4 --prompts 2 --group 4 --max-completion 128 \
+        --policy artifacts/cache/warm-start/<key>/model
     python benchmarks/bench_grpo_step.py --compare bf16   # fp32 vs bf16 autocast, with log-prob drift
 """
 
@@ -71,6 +72,9 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=4)
     ap.add_argument("--max-completion", type=int, default=96)
     ap.add_argument("--compare", choices=["trl-default", "bf16"], default="trl-default")
+    ap.add_argument("--policy", type=Path, default=None,
+                    help="HF folder to start from, e.g. a warm-start stage's model/ (it calls the tool, so the "
+                         "steps include searches); default: the profile's base policy")
     args = ap.parse_args()
 
     from searchr1.config import load_config
@@ -88,7 +92,7 @@ def main() -> None:
     world = build_world(world_cfg)
     searcher = WordOverlapSearcher([p for _, p in render_passages(world, world_cfg.seed)])
     train = {k: v["train"][:16] for k, v in build_questions(world, world_cfg).items()}
-    policy = resolve_policy(cfg.policy, ROOT / "artifacts")
+    policy = args.policy or resolve_policy(cfg.policy, ROOT / "artifacts")
     with tempfile.TemporaryDirectory(prefix="bench-grpo-data-") as tmp:
         build_train_data(train, cfg, Path(tmp))
         if args.compare == "trl-default":
@@ -100,7 +104,8 @@ def main() -> None:
                 "warmup_ratio": d.warmup_ratio, "beta": d.beta, "max_tool_calling_iterations": None,
                 "disable_dropout": d.disable_dropout, "top_p": d.top_p,
                 "gradient_checkpointing": d.gradient_checkpointing})
-            ours = run("searchr1", cfg, policy, Path(tmp), searcher, {})
+            ours = {"searchr1": run("searchr1", cfg, policy, Path(tmp), searcher, {"bf16": False}),
+                    "searchr1+bf16": run("searchr1+bf16", cfg, policy, Path(tmp), searcher, {"bf16": True})}
         else:
             from transformers import AutoTokenizer
 
@@ -110,9 +115,10 @@ def main() -> None:
             traces, _ = build_traces(train, searcher, AutoTokenizer.from_pretrained(policy), cfg, 16)
             print(logprob_drift(policy, traces, tools_for("tool_call")))
             base = run("fp32", cfg, policy, Path(tmp), searcher, {"bf16": False})
-            ours = run("bf16", cfg, policy, Path(tmp), searcher, {"bf16": True})
-    print(f"ratio vs {'TRL defaults' if args.compare == 'trl-default' else 'fp32'}: "
-          f"{base['sec'] / ours['sec']:.2f}x seconds/step, {ours['tps'] / base['tps']:.2f}x tokens/s")
+            ours = {"bf16": run("bf16", cfg, policy, Path(tmp), searcher, {"bf16": True})}
+    for label, r in ours.items():
+        print(f"ratio {label} vs {'TRL defaults' if args.compare == 'trl-default' else 'fp32'}: "
+              f"{base['sec'] / r['sec']:.2f}x seconds/step, {r['tps'] / base['tps']:.2f}x tokens/s")
 
 
 if __name__ == "__main__":
