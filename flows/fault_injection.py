@@ -85,9 +85,25 @@ def stage_fingerprints(artifacts: Path) -> dict[str, dict[str, str]]:
         files = {}
         for f in sorted(stage_dir.rglob("*")):
             if f.is_file() and f.suffix in DATA_SUFFIXES and f.name not in VOLATILE and "summary" not in f.name:
-                files[str(f.relative_to(stage_dir))] = hashlib.sha256(f.read_bytes()).hexdigest()[:16]
+                files[str(f.relative_to(stage_dir))] = _digest(f, str(Path(artifacts).resolve()))
         out[stage_dir.parent.name] = files
     return out
+
+
+def _digest(path: Path, root: str) -> str:
+    """Content hash; in JSON, paths into the artifacts folder are provenance (they differ per folder) and skipped."""
+    data = path.read_bytes()
+    if path.suffix == ".json":
+        data = json.dumps(_without_paths(json.loads(data), root), sort_keys=True).encode()
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def _without_paths(obj, root: str):
+    if isinstance(obj, dict):
+        return {k: _without_paths(v, root) for k, v in obj.items() if not (isinstance(v, str) and v.startswith(root))}
+    if isinstance(obj, list):
+        return [_without_paths(v, root) for v in obj if not (isinstance(v, str) and v.startswith(root))]
+    return obj
 
 
 def incomplete_outputs(artifacts: Path) -> list[str]:

@@ -3,9 +3,11 @@ training and evaluation, is `python -m flows.fault_injection`; its table is in t
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from flows.fault_injection import redone_seconds, run_chain
+from flows.fault_injection import redone_seconds, run_chain, stage_fingerprints
 
 
 @pytest.mark.slow
@@ -35,3 +37,14 @@ def test_redone_seconds_is_the_first_rebuild_after_the_kill():
               {"time": 9.0, "stage": "index", "status": "ran", "seconds": 4.0}]
     assert redone_seconds(ledger, "index", killed_at=4.0) == 0.2
     assert redone_seconds(ledger, "train", killed_at=4.0) is None
+
+
+def test_fingerprints_ignore_provenance_paths_but_not_content(tmp_path):
+    for root, score in ((tmp_path / "a", 0.5), (tmp_path / "b", 0.5), (tmp_path / "c", 0.25)):
+        out = root / "cache" / "reflection" / "k1"
+        out.mkdir(parents=True)
+        (out / "_manifest.json").write_text("{}")
+        (out / "analysis.json").write_text(json.dumps({"inputs": {"eval_dir": str(root / "cache" / "evaluate")},
+                                                       "r": score}))
+    a, b, c = (stage_fingerprints(tmp_path / x) for x in "abc")
+    assert a == b and a != c
