@@ -13,6 +13,7 @@ class WarmStartConfig(Section):
     epochs: PositiveInt = 1
     learning_rate: PositiveFloat = 5e-5
     batch_size: PositiveInt = 8
+    gradient_checkpointing: bool = True  # same trade as GRPOConfig's: a third of the memory, same speed
 
 
 class GRPOConfig(Section):
@@ -31,9 +32,9 @@ class GRPOConfig(Section):
     # a CPU without native bf16 emulates it, and the tiny run's learning was only measured in fp32.
     bf16: bool = False
     device: Literal["cpu", "auto"] = "cpu"  # "auto" lets TRL pick a GPU when there is one
-    # TRL defaults to True. A 135M policy's activations fit easily in RAM, and recomputing them cost
-    # ~4% of a forward+backward here (matmuls dominate); on a GPU with a 3B policy, switch it on.
-    gradient_checkpointing: bool = False
+    # Measured on 8 x 800 tokens, SmolLM2-135M, fp32: peak RSS 4.2 GB with, 12.0 GB without, and no
+    # measurable time cost (matmuls dominate). Without it two runs on a 24 GB machine got OOM-killed.
+    gradient_checkpointing: bool = True
 
 
 class VerlConfig(Section):

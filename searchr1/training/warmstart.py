@@ -155,6 +155,8 @@ def warm_start(policy_path: Path | str, questions: Mapping[str, Sequence[Questio
     examples = [tokenize_trace(tok, t, tools) for t in traces]
     model = AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32,
                                                  trust_remote_code=cfg.policy.trust_remote_code)
+    if ws.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=ws.learning_rate, weight_decay=0.0)
     rng = random.Random(cfg.run.seed)
@@ -179,7 +181,7 @@ def warm_start(policy_path: Path | str, questions: Mapping[str, Sequence[Questio
             opt.zero_grad(set_to_none=True)
             step += 1
             tokens += int(attn.sum())
-            losses.append(float(loss))
+            losses.append(loss.item())
             log_metrics({"warm_start/loss": losses[-1], "warm_start/tokens_per_s": tokens / (time.perf_counter() - t0)},
                         step)
             bar.update(1)
