@@ -125,7 +125,6 @@ def _copy_png(src: Path | None, out_dir: Path, name: str) -> str | None:
     return name
 
 
-
 # ---------------------------------------------------------------------------------------------- sections
 
 

@@ -186,6 +186,20 @@ class PipelineTracker:
         return self._find(f"tags.`mlflow.parentRunId` = '{self.parent.run_id}'")
 
 
+COMMITTED_FILE = "metrics.jsonl"  # in a training stage's folder: one row per checkpointed step
+
+
+def read_jsonl_rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def committed_metrics(work_dir: Path) -> list[dict]:
+    """The metric rows a training run committed (those its checkpoints cover), oldest first."""
+    return read_jsonl_rows(Path(work_dir) / COMMITTED_FILE)
+
+
 class CommittedMetrics:
     """A MetricsLogger that forwards a step's metrics only once a checkpoint covers that step.
 
@@ -198,17 +212,11 @@ class CommittedMetrics:
 
     def __init__(self, sink: MetricsLogger, work_dir: Path, committed_step: Callable[[], int]):
         self.sink, self.committed_step = sink, committed_step
-        self.pending, self.committed = Path(work_dir) / "metrics.pending.jsonl", Path(work_dir) / "metrics.jsonl"
-        self._rows = self._read(self.pending)
+        self.pending, self.committed = Path(work_dir) / "metrics.pending.jsonl", Path(work_dir) / COMMITTED_FILE
+        self._rows = read_jsonl_rows(self.pending)
         done = self.committed_step()
         self._rows = [r for r in self._rows if r["step"] <= done]  # computed by an attempt that did not commit
         self._flush(done)
-
-    @staticmethod
-    def _read(path: Path) -> list[dict]:
-        if not path.is_file():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
     def __call__(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         self._rows.append({"step": int(step or 0), **{k: float(v) for k, v in metrics.items()}})

@@ -1,6 +1,5 @@
 """Stage: the run report (Markdown + HTML), logged to MLflow and published as a Prefect artifact."""
 
-import json
 
 import pandas as pd
 from prefect import task
@@ -8,16 +7,14 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
 from searchr1.cache import StageOutput
+from searchr1.tracking import committed_metrics
 from tasks._stage import PipelineContext, run_stage
 
 MLFLOW_UI = "http://127.0.0.1:5000"
 
 
 def _train_metrics(train: StageOutput) -> pd.DataFrame | None:
-    path = train.path / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = committed_metrics(train.path)
     # a resumed run may log a step twice (the one it was killed in): keep the last value
     return pd.DataFrame(rows).groupby("step", as_index=False).last() if rows else None
 

@@ -30,7 +30,7 @@ from searchr1 import faults
 from searchr1.agent.trace import Segment, write_rollouts
 from searchr1.retrieval.base import Searcher
 from searchr1.rewards import extract_answer, score
-from searchr1.tracking import MetricsLogger, null_logger
+from searchr1.tracking import MetricsLogger, committed_metrics, null_logger
 from searchr1.training.checkpoints import COMPLETE_MARKER, checkpoints_dir, latest_checkpoint, step_name
 from searchr1.training.data import read_trl_rows
 from searchr1.training.search_tool import ToolStats, make_search_tool
@@ -286,8 +286,8 @@ def train_grpo(policy_path: Path | str, train_data_dir: Path, searcher: Searcher
     if resume and resume[0] >= cfg.training.grpo.steps:
         # Killed after the last checkpoint: HF's Trainer, resumed at max_steps, would train one step more.
         return {"engine": "trl", "steps": resume[0], "resumed_from_step": resume[0], "seconds": 0.0,
-                "checkpoints": [str(p) for _, p in _published(work_dir)], "last": _last_committed(work_dir),
-                "history": []}
+                "checkpoints": [str(p) for _, p in _published(work_dir)],
+                "last": (committed_metrics(work_dir) or [{}])[-1], "history": []}
     rows = read_trl_rows(train_data_dir)
     model, tok = load_for_training(policy_path, cfg)
     stats = ToolStats()
@@ -307,13 +307,6 @@ def train_grpo(policy_path: Path | str, train_data_dir: Path, searcher: Searcher
     return {"engine": "trl", "steps": trainer.state.global_step, "resumed_from_step": resume[0] if resume else 0,
             "seconds": time.perf_counter() - t0, "checkpoints": ckpts, "last": last,
             "history": logger.history}
-
-
-def _last_committed(work_dir: Path) -> dict[str, Any]:
-    """The last step's metrics as the run logged them (metrics.jsonl holds only checkpointed steps)."""
-    path = Path(work_dir) / "metrics.jsonl"
-    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
-    return json.loads(lines[-1]) if lines else {}
 
 
 def _published(work_dir: Path):
