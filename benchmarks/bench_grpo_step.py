@@ -87,7 +87,7 @@ def main() -> None:
     cfg = load_config(ROOT / "configs" / "tiny.yaml", [
         f"training.grpo.steps={args.steps}", f"training.grpo.save_every={args.steps}",
         f"training.grpo.prompts_per_step={args.prompts}", f"training.grpo.group_size={args.group}",
-        f"training.grpo.max_completion_length={args.max_completion}"])
+        f"agent.max_response_tokens={args.max_completion}"])
     world_cfg = SyntheticWorldConfig()
     world = build_world(world_cfg)
     searcher = WordOverlapSearcher([p for _, p in render_passages(world, world_cfg.seed)])
@@ -101,7 +101,7 @@ def main() -> None:
             d = GRPOConfig(output_dir=tmp, use_cpu=True, bf16=False)  # only its defaults are read
             base = run("trl-default", cfg, policy, Path(tmp), searcher, {
                 "learning_rate": d.learning_rate, "lr_scheduler_type": d.lr_scheduler_type,
-                "warmup_ratio": d.warmup_ratio, "beta": d.beta, "max_tool_calling_iterations": None,
+                "warmup_ratio": d.warmup_ratio, "beta": d.beta,
                 "disable_dropout": d.disable_dropout, "top_p": d.top_p,
                 "gradient_checkpointing": d.gradient_checkpointing})
             ours = {"searchr1": run("searchr1", cfg, policy, Path(tmp), searcher, {"bf16": False}),

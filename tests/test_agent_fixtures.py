@@ -127,7 +127,13 @@ class ScriptedGenerator:
 
     def start(self, prompts):
         self.history, self.turn = list(prompts), [0] * len(prompts)
-        return [len(p) for p in prompts]
+        self.prompt_len = [len(p) for p in prompts]
+        self.written = [[0] * len(p) for p in prompts]  # per character: 1 if "the model" wrote it
+        return list(self.prompt_len)
+
+    def completion(self, row):
+        ids = [ord(c) for c in self.history[row]][self.prompt_len[row]:]
+        return ids, self.written[row][self.prompt_len[row]:]
 
     def generate(self, rows, max_new_tokens, stop):
         self.generate_calls.append(list(rows))
@@ -136,9 +142,11 @@ class ScriptedGenerator:
             text = self.script(self.history[r], self.turn[r])[:max_new_tokens]
             self.turn[r] += 1
             self.history[r] += text + "<|im_end|>"
+            self.written[r] += [1] * (len(text) + len("<|im_end|>"))
             outs.append(TurnOutput(text, len(text) + 1, True, False))
         return outs
 
     def extend(self, row, text):
         self.history[row] += text
+        self.written[row] += [0] * len(text)
         return len(text)

@@ -1,4 +1,4 @@
-"""Training data layout (verl + TRL), checkpoint listing and the search tool: fast, no model."""
+"""Training data layout (verl + TRL) and checkpoint listing: fast, no model."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from searchr1.agent.prompts import SEARCH_TOOL_SCHEMA, build_messages
+from searchr1.agent.prompts import build_messages
 from searchr1.training.checkpoints import COMPLETE_MARKER, latest_checkpoint, list_checkpoints, step_name
 from searchr1.training.data import build_train_data, read_trl_rows
-from searchr1.training.search_tool import WordOverlapSearcher, make_search_tool
 
 QUESTIONS = {
     "single_hop": [{"id": f"s{i}", "question": f"Where was person {i} born?", "golden_answers": [f"Town{i}"],
@@ -18,7 +17,6 @@ QUESTIONS = {
     "bridge": [{"id": f"b{i}", "question": f"Who founded org {i}?", "golden_answers": [f"Founder{i}", "F"]}
                for i in range(3)],
 }
-DOCS = [{"id": str(i), "contents": f'"Person {i}"\nPerson {i} was born in Town{i}.'} for i in range(5)]
 
 
 def _cfg():
@@ -50,7 +48,8 @@ def test_trl_rows_and_shuffle_is_seeded(tmp_path):
     a, b = read_trl_rows(tmp_path / "a"), read_trl_rows(tmp_path / "b")
     assert [r["question_id"] for r in a] == [r["question_id"] for r in b]
     assert {r["benchmark"] for r in a} == {"single_hop", "bridge"}
-    assert all(r["prompt"][0]["role"] == "system" for r in a)
+    # the bare question: the rollout loop renders it under the agent protocol, as evaluation does
+    assert {r["prompt"] for r in a} == {q["question"] for qs in QUESTIONS.values() for q in qs}
 
 
 def test_bad_questions_name_the_problem(tmp_path):
@@ -81,25 +80,3 @@ def test_list_checkpoints_only_complete_ones_in_step_order(tmp_path):
     found = list_checkpoints(tmp_path)
     assert [s for s, _ in found] == [10, 20]
     assert latest_checkpoint(tmp_path)[0] == 20
-
-
-def test_search_tool_schema_is_the_agents_schema():
-    from transformers.utils import get_json_schema
-
-    tool = make_search_tool(WordOverlapSearcher(DOCS), topk=2, max_obs_tokens=100)
-    assert get_json_schema(tool) == SEARCH_TOOL_SCHEMA  # TRL and verl derive the schema this way
-
-
-def test_search_tool_output_layout_and_limits():
-    tool = make_search_tool(WordOverlapSearcher(DOCS), topk=2, max_obs_tokens=1000)
-    text = tool(["Person 3 born"])
-    assert text.startswith('Doc 1(Title: "Person 3") Person 3 was born in Town3.')
-    assert "Doc 2(" in text and "Doc 3(" not in text
-    assert tool("Person 1").startswith('Doc 1(Title: "Person 1")')  # a bare string is one query
-    two = tool(["Person 1", "Person 2"])
-    assert two.count("Doc 1(") == 2 and "\n---\n" in two
-    assert tool.stats.calls == 3 and tool.stats.queries == 4
-    with pytest.raises(ValueError, match="empty"):
-        tool([" "])
-    short = make_search_tool(WordOverlapSearcher(DOCS), topk=3, max_obs_tokens=5)(["Person 1"])
-    assert len(short) <= 20  # ~4 characters per token without a tokenizer

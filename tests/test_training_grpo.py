@@ -1,6 +1,7 @@
-"""TRL GRPO with the search tool on the real policy: the tool mask on a real rollout, and kill/resume.
+"""TRL GRPO with the search tool on the real policy: the loss mask of a real multi-turn rollout, the
+rollout_func TRL calls, and kill/resume.
 
-Slow (loads SmolLM2-135M): 3 GRPO steps of 2 prompts x 2 completions, <= 32 completion tokens.
+Slow (loads SmolLM2-135M): 3 GRPO steps of 2 prompts x 2 completions, <= 32 response tokens.
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ QS = {"single_hop": [{"id": f"q{i}", "question": f"Where was Baneix Jeseimae {i}
                       "golden_answers": [f"Triabrus{i}"]} for i in range(6)]}
 
 
-def _cfg(steps: int, tmp: Path, max_completion: int = 32, max_obs: int = 48) -> PipelineConfig:
+def _cfg(steps: int, tmp: Path, max_response: int = 32, max_obs: int = 48) -> PipelineConfig:
     return config_from_dict({
         "run": {"artifacts_dir": str(tmp / "artifacts")},
-        "agent": {"max_turns": 2, "max_obs_tokens": max_obs, "topk": 1},
+        "agent": {"max_turns": 2, "max_obs_tokens": max_obs, "topk": 1, "max_new_tokens": 16,
+                  "max_response_tokens": max_response},
         "training": {"grpo": {"steps": steps, "prompts_per_step": 2, "group_size": 2, "save_every": 1,
-                              "max_completion_length": max_completion, "learning_rate": 1e-5}}})
+                              "learning_rate": 1e-5}}})
 
 
 @pytest.fixture(scope="module")
@@ -41,54 +43,50 @@ def policy():
     return resolve_policy(PipelineConfig().policy, repo_artifacts)
 
 
-def test_tool_mask_covers_exactly_the_retrieved_text(policy, tmp_path, monkeypatch):
-    """A rollout whose first turn calls the tool: the real tool runs, the real model continues after it,
-    and TRL's tool_mask is 0 on exactly the tool-response tokens."""
-    from datasets import Dataset
+def test_loss_mask_is_zero_on_exactly_the_fed_tokens(policy):
+    """The real generator, two real turns around tool text: the completion is every token after the prompt,
+    the mask is 1 on what the model wrote and 0 on what it was fed (the tool response)."""
+    from searchr1.agent.generators import TransformersGenerator
+    from searchr1.training.grpo import load_for_training
 
-    from searchr1.training import grpo
+    model, tok = load_for_training(policy, _cfg(1, Path(".")))
+    model.eval()
+    gen = TransformersGenerator(model, tok, greedy=False, temperature=1.0)
+    prompt = "<|im_start|>user\nWhere was Baneix Jeseimae 3 born?<|im_end|>\n<|im_start|>assistant\n"
+    (n_prompt,) = gen.start([prompt])
+    first = gen.generate([0], 6, ())[0]
+    tool = "<|im_end|>\n<|im_start|>user\n<tool_response>\nDoc 1(Title: x) y\n</tool_response><|im_end|>\n"
+    n_tool = gen.extend(0, tool)
+    second = gen.generate([0], 5, ())[0]
+    ids, mask = gen.completion(0)
+    assert len(ids) == len(mask) == first.n_tokens + n_tool + second.n_tokens
+    assert mask == [1] * first.n_tokens + [0] * n_tool + [1] * second.n_tokens
+    assert tok.decode(ids[first.n_tokens:first.n_tokens + n_tool]) == tool
+    assert gen.history[0][:n_prompt] == tok(prompt, add_special_tokens=False)["input_ids"]
 
-    cfg = _cfg(1, tmp_path, max_completion=100, max_obs=24)  # the call, the cut passage, a few tokens after it
-    build_train_data(QS, cfg, tmp_path / "data")
-    model, tok = grpo.load_for_training(policy, cfg)
-    tool = grpo.make_search_tool(WordOverlapSearcher(DOCS), 1, 24, tok)
-    _, Trainer = grpo._trainer_classes()
-    reward = grpo.SearchR1Reward(tmp_path / "w", 0.0, tok, [tok.eos_token_id])
-    trainer = Trainer(model=model, reward_funcs=[reward], args=grpo.grpo_args(cfg, tmp_path / "w"),
-                      train_dataset=Dataset.from_list(grpo.read_trl_rows(tmp_path / "data")), processing_class=tok,
-                      tools=[tool])
-    call = ('<tool_call>\n{"name": "search", "arguments": {"query_list": ["Baneix Jeseimae 3 born"]}}\n'
-            '</tool_call><|im_end|>')
-    scripted = tok(call, add_special_tokens=False)["input_ids"]
-    real_generate = trainer._generate_single_turn
-    turns = []
 
-    def first_turn_scripted(prompt_ids, *args, **kwargs):
-        turns.append(len(prompt_ids))
-        if len(turns) == 1:  # the model's first turn: a search call
-            return [list(scripted) for _ in prompt_ids], None
-        return real_generate(prompt_ids, *args, **kwargs)  # after the tool: the real model
+def test_rollout_func_gives_trl_one_masked_rollout_per_prompt(policy, tmp_path):
+    """What TRL receives: prompt ids rendered by the protocol, completions, the env mask, the rollouts."""
+    from types import SimpleNamespace
 
-    monkeypatch.setattr(trainer, "_generate_single_turn", first_turn_scripted)
-    trainer.model.eval()
-    prompts = [r["prompt"] for r in grpo.read_trl_rows(tmp_path / "data")[:2]]
-    trainer._sync_tool_dicts = [{"search": tool} for _ in prompts]  # TRL builds these per batch in _prepare_inputs
-    trainer._async_tool_dicts = [{} for _ in prompts]
-    _, completion_ids, tool_mask, completions, *_ = trainer._generate(prompts)
-    assert len(turns) == 2, f"no post-tool generation ran: {completions}"
-    retrieved = tool(["Baneix Jeseimae 3 born"]).strip()  # exactly what the tool returned (cut to 24 tokens)
-    assert retrieved.startswith("Doc 1(Title:")
-    for ids, mask, msgs in zip(completion_ids, tool_mask, completions, strict=True):
-        assert len(ids) == len(mask)
-        masked = tok.decode([t for t, m in zip(ids, mask, strict=True) if m == 0])
-        kept = tok.decode([t for t, m in zip(ids, mask, strict=True) if m == 1])
-        assert retrieved in masked and "<tool_response>" in masked  # the retrieved passage is masked
-        assert retrieved not in kept  # and none of it is trained on
-        assert kept.startswith("<tool_call>") and "Baneix Jeseimae 3 born" in kept
-        assert ids[: len(scripted)] == scripted and all(mask[: len(scripted)])
-        assert any(m == 1 for m in mask[len(scripted):]) or len(ids) == len(mask)
-        assert [m["role"] for m in msgs][:2] == ["assistant", "tool"]
-        assert grpo.rollout_stats(msgs)["search_calls"] == 1
+    from searchr1.agent.protocol import AgentProtocol
+    from searchr1.training.grpo import load_for_training, make_rollout_func
+
+    cfg = _cfg(1, tmp_path)
+    model, tok = load_for_training(policy, cfg)
+    model.train()
+    fn = make_rollout_func(WordOverlapSearcher(DOCS), cfg.agent, temperature=1.0, top_p=1.0)
+    prompts = [QS["single_hop"][0]["question"]] * 2 + [QS["single_hop"][1]["question"]] * 2
+    out = fn(prompts, SimpleNamespace(model=model, processing_class=tok))
+    assert model.training  # handed back in train mode
+    assert {len(out[k]) for k in ("prompt_ids", "completion_ids", "env_mask", "rollout")} == {4}
+    assert out["logprobs"] is None  # same model samples and trains: TRL needs no correction
+    proto = AgentProtocol.from_config(cfg.agent)
+    for q, ids, comp, mask, ro in zip(prompts, out["prompt_ids"], out["completion_ids"], out["env_mask"],
+                                      out["rollout"], strict=True):
+        assert ids == tok(proto.render_prompt(tok, q), add_special_tokens=False)["input_ids"]
+        assert len(comp) == len(mask) and sum(mask) == ro.gen_tokens
+        assert ro.stop_reason in ("answer", "max_turns", "max_tokens", "no_action")
 
 
 def test_train_kill_resume_continues_the_step_series(policy, tmp_path):

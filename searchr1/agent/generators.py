@@ -33,6 +33,8 @@ class Generator(Protocol):
 
     def extend(self, row: int, text: str) -> int: ...
 
+    def completion(self, row: int) -> tuple[list[int], list[int]]: ...
+
 
 def end_token_ids(model: Any, tokenizer: Any) -> list[int]:
     """Token ids that end an assistant turn: the generation config's EOS and ChatML's <|im_end|>.
@@ -75,6 +77,11 @@ def cut_turn(tokens: list[int], pieces: list[str], end_ids: Sequence[int], stop:
     return len(tokens), False
 
 
+def completion_of(history: list[int], generated: list[int], prompt_len: int) -> tuple[list[int], list[int]]:
+    """(ids, mask) after the prompt: the loss mask of a multi-turn completion (tool text is 0)."""
+    return history[prompt_len:], generated[prompt_len:]
+
+
 class TransformersGenerator:
     """Batched generation with transformers: left padding, greedy by default, KV cache reused across turns.
 
@@ -85,13 +92,15 @@ class TransformersGenerator:
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, greedy: bool = True, temperature: float = 1.0,
-                 reuse_cache: bool = True):
+                 top_p: float = 1.0, reuse_cache: bool = True):
         self.model, self.tokenizer = model, tokenizer
-        self.greedy, self.temperature, self.reuse_cache = greedy, temperature, reuse_cache
+        self.greedy, self.temperature, self.top_p, self.reuse_cache = greedy, temperature, top_p, reuse_cache
         self.end_ids = end_token_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.end_ids[0]
         self.history: list[list[int]] = []   # every row's tokens so far (prompt, turns, tool text)
         self.pending: list[list[int]] = []   # tokens appended since the row's last turn
+        self.generated: list[list[int]] = []  # per token of history: 1 if the model wrote it, 0 otherwise
+        self.prompt_len: list[int] = []
         self._order: list[int] = []          # which row each line of the cached batch tensor holds
         self._ids = self._mask = self._cache = None
         self._stops: dict[tuple[str, ...], Any] = {}
@@ -114,8 +123,14 @@ class TransformersGenerator:
     def start(self, prompts: Sequence[str]) -> list[int]:
         self.history = [[] for _ in prompts]
         self.pending = [self.encode(p) for p in prompts]
+        self.generated = [[] for _ in prompts]
+        self.prompt_len = [len(p) for p in self.pending]
         self._order, self._ids, self._mask, self._cache = [], None, None, None
-        return [len(p) for p in self.pending]
+        return list(self.prompt_len)
+
+    def completion(self, row: int) -> tuple[list[int], list[int]]:
+        """The row's tokens after its prompt up to its last turn, and which the model wrote (1) or was fed (0)."""
+        return completion_of(self.history[row], self.generated[row], self.prompt_len[row])
 
     def extend(self, row: int, text: str) -> int:
         ids = self.encode(text)
@@ -154,7 +169,7 @@ class TransformersGenerator:
         rows = list(rows)
         ids, mask, cache = self._inputs(rows)
         sampling = {"do_sample": False} if self.greedy else {"do_sample": True, "temperature": self.temperature,
-                                                               "top_p": 1.0, "top_k": 0}
+                                                               "top_p": self.top_p, "top_k": 0}
         with torch.no_grad():
             out = self.model.generate(
                 input_ids=ids, attention_mask=mask, past_key_values=cache, max_new_tokens=max_new_tokens,
@@ -171,6 +186,7 @@ class TransformersGenerator:
             gen_mask[i, :n] = 1
             kept = tokens[:n]
             self.history[r] += self.pending[r] + kept
+            self.generated[r] += [0] * len(self.pending[r]) + [1] * len(kept)
             self.pending[r] = []
             text = self.tokenizer.decode(kept, skip_special_tokens=True)
             results.append(TurnOutput(text, n, eos, hit_limit=(n == max_new_tokens and not eos)))
@@ -196,18 +212,28 @@ class VLLMGenerator:
         self.greedy, self.temperature = greedy, temperature
         self.end_ids = end_token_ids(self.llm.llm_engine.model_config.hf_config, self.tokenizer)
         self.history: list[list[int]] = []
+        self.generated: list[list[int]] = []
+        self.prompt_len: list[int] = []
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def start(self, prompts: Sequence[str]) -> list[int]:
         self.history = [self.encode(p) for p in prompts]
-        return [len(h) for h in self.history]
+        self.prompt_len = [len(h) for h in self.history]
+        self.generated = [[0] * n for n in self.prompt_len]
+        return list(self.prompt_len)
 
     def extend(self, row: int, text: str) -> int:
         ids = self.encode(text)
         self.history[row].extend(ids)
+        self.generated[row].extend([0] * len(ids))
         return len(ids)
+
+    def completion(self, row: int) -> tuple[list[int], list[int]]:
+        last = max((i for i, g in enumerate(self.generated[row]) if g), default=self.prompt_len[row] - 1)
+        n = last + 1  # trailing tool text that no turn followed is not part of the completion
+        return completion_of(self.history[row][:n], self.generated[row][:n], self.prompt_len[row])
 
     def generate(self, rows: Sequence[int], max_new_tokens: int, stop: Sequence[str]) -> list[TurnOutput]:
         from vllm import SamplingParams, TokensPrompt
@@ -222,6 +248,7 @@ class VLLMGenerator:
             comp = out.outputs[0]
             tokens = list(comp.token_ids)
             self.history[r] += tokens
+            self.generated[r] += [1] * len(tokens)
             eos = bool(tokens) and tokens[-1] in self.end_ids
             results.append(TurnOutput(comp.text, len(tokens), eos, hit_limit=comp.finish_reason == "length"))
         return results

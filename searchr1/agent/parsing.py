@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from searchr1.rewards import extract_answer, find_blocks
 
@@ -52,6 +52,27 @@ def _clean(queries: list, issues: Counter, max_queries: int, max_chars: int) -> 
     return out
 
 
+def queries_from_arguments(args: Any, issues: Counter, max_queries: int = 3, max_chars: int = 512) -> list[str]:
+    """The cleaned `query_list` of a `search` call's arguments (a dict, or a JSON string of one)."""
+    if isinstance(args, str):  # some models double-encode the arguments
+        try:
+            args = json.loads(args)
+        except (ValueError, RecursionError):
+            args = {}
+        issues["arguments_as_string"] += 1
+    query_list = args.get("query_list", []) if isinstance(args, dict) else []
+    if isinstance(query_list, str):
+        issues["query_list_not_list"] += 1
+        query_list = [query_list]
+    elif not isinstance(query_list, list):
+        issues["query_list_not_list"] += 1
+        query_list = []
+    queries = _clean(query_list, issues, max_queries, max_chars)
+    if not queries:
+        issues["no_queries"] += 1
+    return queries
+
+
 def parse_queries(raw: str, max_queries: int = 3, max_chars: int = 512,
                   issues: Counter | None = None) -> tuple[list[str], bool]:
     """(queries, well_formed) for the text inside one call, by the seed's rule; never raises."""
@@ -68,23 +89,7 @@ def parse_queries(raw: str, max_queries: int = 3, max_chars: int = 512,
         elif payload.get("name") != "search":
             kind = "not_search_tool"
     if kind is None:
-        args = payload.get("arguments", {})
-        if isinstance(args, str):  # some models double-encode the arguments
-            try:
-                args = json.loads(args)
-            except (ValueError, RecursionError):
-                args = {}
-            issues["arguments_as_string"] += 1
-        query_list = args.get("query_list", []) if isinstance(args, dict) else []
-        if isinstance(query_list, str):
-            issues["query_list_not_list"] += 1
-            query_list = [query_list]
-        elif not isinstance(query_list, list):
-            issues["query_list_not_list"] += 1
-            query_list = []
-        queries = _clean(query_list, issues, max_queries, max_chars)
-        if not queries:
-            issues["no_queries"] += 1
+        queries = queries_from_arguments(payload.get("arguments", {}), issues, max_queries, max_chars)
         return queries, bool(queries)
     # The seed's fallback: the raw text is the query.
     issues[kind] += 1

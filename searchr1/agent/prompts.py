@@ -53,12 +53,22 @@ SEARCH_TOOL_SCHEMA: dict[str, Any] = {
     },
 }
 
-# Baselines: one answer, no tool. Short, in the same <answer> format so the same scorer applies.
-DIRECT_PROMPT = ("Answer the given question. Provide the final answer inside <answer> and </answer>, "
-                 "without detailed illustrations. For example, <answer> Beijing </answer>. Question: ")
-RAG_PROMPT = ("Answer the given question using the documents below. Provide the final answer inside "
-              "<answer> and </answer>, without detailed illustrations. For example, <answer> Beijing </answer>."
-              "\n\nDocuments:\n{docs}\nQuestion: ")
+# Search-R1's message after a turn with neither a search nor an answer (its generation.py).
+SEARCH_R1_INVALID = ("\nMy previous action is invalid. If I want to search, I should put the query between "
+                     "<search> and </search>. If I want to give the final answer, I should put the answer "
+                     "between <answer> and </answer>. Let me try again.\n")
+
+# Baselines, one turn, no tool: Search-R1's own prompts (scripts/data_process/nq.py and nq_rag.py,
+# template "base"), so "direct" and "RAG" mean what they mean in the paper's table.
+DIRECT_PROMPT = ("Answer the given question. You should first have a reasoning process in mind and then provides "
+                 "the answer. Show your reasoning in <think> </think> tags and return the final answer in <answer> "
+                 "</answer> tags, for example <answer> Beijing </answer>. Question: {question}\n")
+RAG_PROMPT = ("Answer the given question with some potentially useful context. You should analyze the question "
+              "carefully, evaluate the given context (which may or may not be useful), and then generate an "
+              "accurate and well-reasoned response. You should first have a reasoning process in mind and then "
+              "provides the answer. Show your reasoning in <think> </think> tags and return the final answer in "
+              "<answer> </answer> tags, for example <answer> Beijing </answer>. "
+              "Question: {question} Context: {context} \n")
 
 
 def build_messages(question: str, style: PromptStyle = "tool_call") -> list[dict[str, str]]:
@@ -79,11 +89,11 @@ def tools_for(style: PromptStyle) -> list[dict[str, Any]] | None:
 
 
 def baseline_messages(question: str, hits: Sequence[Hit] | None = None) -> list[dict[str, str]]:
-    """Direct answer (hits=None) or RAG with the passages in the prompt."""
+    """Direct answer (hits=None) or RAG with the passages in the prompt, in Search-R1's words."""
     question = question.strip()
     if hits is None:
-        return [{"role": "user", "content": DIRECT_PROMPT + question}]
-    return [{"role": "user", "content": RAG_PROMPT.format(docs=format_hits(hits)) + question}]
+        return [{"role": "user", "content": DIRECT_PROMPT.format(question=question)}]
+    return [{"role": "user", "content": RAG_PROMPT.format(question=question, context=format_hits(hits))}]
 
 
 def split_contents(contents: str) -> tuple[str, str]:

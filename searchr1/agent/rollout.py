@@ -18,18 +18,11 @@ from tqdm.auto import tqdm
 
 from searchr1.agent.config import AgentConfig
 from searchr1.agent.generators import Generator
-from searchr1.agent.parsing import parse_turn
-from searchr1.agent.prompts import baseline_messages, build_messages, format_hits, tools_for
+from searchr1.agent.prompts import baseline_messages
+from searchr1.agent.protocol import AgentProtocol
 from searchr1.agent.trace import Question, Segment, StopReason, model_text
 from searchr1.retrieval.base import Hit, Searcher
 from searchr1.rewards import extract_answer, score
-
-# Search-R1's message after a turn with neither a search nor an answer (its generation.py).
-SEARCH_R1_INVALID = ("\nMy previous action is invalid. If I want to search, I should put the query between "
-                     "<search> and </search>. If I want to give the final answer, I should put the answer "
-                     "between <answer> and </answer>. Let me try again.\n")
-STOP_STRINGS = {"tool_call": ("</tool_call>", "</answer>"), "search_r1": ("</search>", "</answer>")}
-QUERY_SEPARATOR = "\n---\n"  # between the results of several queries in one call, as the seed joins them
 
 
 @dataclass
@@ -46,6 +39,10 @@ class Rollout:
     response_tokens: int = 0
     stop_reason: StopReason | None = None
     issues: Counter = field(default_factory=Counter)
+    # The response as tokens after the prompt, and the loss mask (1 = the model wrote it, 0 = tool text):
+    # what a trainer optimises. Filled when the generator can tell (all of ours can).
+    completion_ids: list[int] = field(default_factory=list)
+    completion_mask: list[int] = field(default_factory=list)
 
     @property
     def response(self) -> str:
@@ -54,7 +51,7 @@ class Rollout:
     @property
     def prediction(self) -> str | None:
         # Only the model's own text: retrieved passages or Search-R1's invalid-action hint mention <answer>.
-        return extract_answer(model_text(self.segments))
+        return AgentProtocol.prediction(model_text(self.segments))
 
     def to_row(self, checkpoint: str, step: int, method: str, benchmark: str) -> dict[str, Any]:
         """One ROLLOUT_SCHEMA row, scored."""
@@ -96,24 +93,14 @@ def _turn_end_text(tokenizer: Any) -> str:
     return tokenizer.eos_token or ""
 
 
-def _truncate(tokenizer: Any, text: str, max_tokens: int) -> str:
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return text if len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens])
-
-
-def format_results(hits_per_query: Sequence[Sequence[Hit]]) -> str:
-    return QUERY_SEPARATOR.join(format_hits(h).rstrip("\n") for h in hits_per_query)
-
-
 def run_agent(questions: Sequence[Question], generator: Generator, searcher: Searcher, cfg: AgentConfig,
               *, progress: bool = True, desc: str = "rollouts") -> list[Rollout]:
-    """Search-agent rollouts for all questions, `cfg.batch_size` at a time."""
-    tok, style = generator.tokenizer, cfg.prompt_style
-    stop = STOP_STRINGS[style]
+    """Search-agent rollouts for all questions, `cfg.batch_size` at a time, under the agent protocol."""
+    proto = AgentProtocol.from_config(cfg)
+    tok = generator.tokenizer
     eos_text = _turn_end_text(tok)
     before, after = tool_glue(tok)
-    rollouts = [Rollout(q, render_prompt(tok, build_messages(q["question"], style), tools_for(style)))
-                for q in questions]
+    rollouts = [Rollout(q, proto.render_prompt(tok, q["question"])) for q in questions]
     bar = tqdm(total=len(rollouts), desc=desc, disable=not progress)
     for lo in range(0, len(rollouts), cfg.batch_size):
         batch = rollouts[lo:lo + cfg.batch_size]
@@ -122,7 +109,7 @@ def run_agent(questions: Sequence[Question], generator: Generator, searcher: Sea
         for turn in range(cfg.max_turns):
             if not active:
                 break
-            outs = generator.generate(active, cfg.max_new_tokens, stop)
+            outs = generator.generate(active, cfg.max_new_tokens, proto.stop_strings)
             searching: list[tuple[int, list[str], bool]] = []
             for row, out in zip(active, outs, strict=True):
                 ro = batch[row]
@@ -130,23 +117,18 @@ def run_agent(questions: Sequence[Question], generator: Generator, searcher: Sea
                 ro.gen_tokens += out.n_tokens
                 ro.response_tokens += out.n_tokens
                 ro.segments.append({"role": "assistant", "text": out.text})
-                parsed = parse_turn(out.text, style, cfg.max_queries_per_call, cfg.max_query_chars)
+                parsed = proto.parse(out.text)
                 ro.search_calls += parsed.calls
                 ro.invalid_calls += parsed.invalid
                 ro.issues.update(parsed.issues)
-                if parsed.action == "answer":
-                    ro.stop_reason = "answer"
-                elif ro.response_tokens >= cfg.max_response_tokens:
-                    ro.stop_reason = "max_tokens"
-                elif turn == cfg.max_turns - 1:
-                    ro.stop_reason = "max_turns"
-                elif parsed.action == "search":
+                decision = proto.decide(parsed, turn, ro.response_tokens, out.hit_limit)
+                if decision == "search":
                     searching.append((row, parsed.queries, out.ended_with_eos))
-                elif style == "search_r1":  # Search-R1 tells the model its action was invalid and goes on
-                    ro.segments.append({"role": "tool", "text": SEARCH_R1_INVALID})
-                    ro.response_tokens += generator.extend(row, SEARCH_R1_INVALID)
-                else:  # the seed's loop: no tool call ends the conversation
-                    ro.stop_reason = "max_tokens" if out.hit_limit else "no_action"
+                elif decision == "retry":  # Search-R1 tells the model its action was invalid and goes on
+                    ro.segments.append({"role": "tool", "text": proto.invalid_action_hint})
+                    ro.response_tokens += generator.extend(row, proto.invalid_action_hint)
+                else:
+                    ro.stop_reason = decision
             if searching:
                 flat = [q for _, qs, _ in searching for q in qs]
                 hits = searcher.search(flat, cfg.topk)
@@ -156,20 +138,21 @@ def run_agent(questions: Sequence[Question], generator: Generator, searcher: Sea
                     pos += len(qs)
                     ro.queries.extend(qs)
                     ro.doc_ids.extend(str(h["document"]["id"]) for hs in mine for h in hs)
-                    results = _truncate(tok, format_results(mine), cfg.max_obs_tokens)
-                    if style == "tool_call":
+                    results = proto.observation(mine, tok)
+                    if proto.style == "tool_call":
                         glue = before + results + after
                         # The template's tool message starts by closing the assistant turn; if the model
                         # already closed it with its end token, that token is in the history: skip it.
                         fed = glue[len(eos_text):] if ended_with_eos and glue.startswith(eos_text) else glue
                     else:
-                        glue = fed = f"\n\n<information>{results.strip()}</information>\n\n"
+                        glue = fed = proto.wrap_observation(results)
                     ro.segments.append({"role": "tool", "text": glue})
                     ro.response_tokens += generator.extend(row, fed)
             active = [row for row in active if batch[row].stop_reason is None]
-        for ro in batch:
+        for row, ro in enumerate(batch):
             if ro.stop_reason is None:
                 ro.stop_reason = "max_turns"
+            ro.completion_ids, ro.completion_mask = generator.completion(row)
         bar.update(len(batch))
     bar.close()
     return rollouts

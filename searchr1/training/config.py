@@ -23,9 +23,12 @@ class GRPOConfig(Section):
     learning_rate: PositiveFloat = 1e-6
     kl_coef: NonNegativeFloat = 0.001
     temperature: PositiveFloat = 1.0
-    max_completion_length: PositiveInt = 256
+    top_p: float = Field(1.0, gt=0, le=1)  # Search-R1's ppo_trainer.yaml: 0.95
     save_every: PositiveInt = 10
     format_reward: NonNegativeFloat = 0.0  # Search-R1 uses EM only
+    # verl turns a failed tool call into the tool's text and trains on: above this share of failed search
+    # calls in a step the run stops (the TRL engine's own loop stops at the first failure).
+    max_tool_error_rate: float = Field(0.05, ge=0, le=1)
     warmup_ratio: float = Field(0.0, ge=0, lt=1)  # Search-R1: 0.285 of the steps, then constant
     # bf16 autocast (weights stay fp32). On this Zen 4 CPU (avx512_bf16): 1.21x tokens/s per GRPO step,
     # median log-prob drift 0.003 vs fp32 (benchmarks/bench_grpo_step.py --compare bf16). Off by default:

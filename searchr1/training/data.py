@@ -4,8 +4,8 @@
   `data_source` ("searchR1_<benchmark>", the prefix verl's reward router knows), `reward_model.ground_truth`
   = {"target": golden answers}, `extra_info` with the search tool's create kwargs, and `agent_name:
   tool_agent` on every row (without it verl's agent loop never calls the tool: verl issue #3008).
-- TRL: one row per question with the chat `prompt`, the golden answers and where it came from; the
-  trainer renders the tool schema itself from the `search` function.
+- TRL: one row per question with the question as `prompt`, the golden answers and where it came from;
+  the rollout loop renders the prompt under the agent protocol, as evaluation does.
 """
 
 from __future__ import annotations
@@ -55,8 +55,9 @@ def verl_row(q: Question, bench: str, index: int, split: str, style: str) -> dic
     }
 
 
-def trl_row(q: Question, bench: str, style: str) -> dict[str, Any]:
-    return {"prompt": build_messages(q["question"], style), "golden_answers": [str(g) for g in q["golden_answers"]],
+def trl_row(q: Question, bench: str) -> dict[str, Any]:
+    # `prompt` is the bare question: the rollout loop renders it under the agent protocol (like evaluation).
+    return {"prompt": q["question"], "golden_answers": [str(g) for g in q["golden_answers"]],
             "question_id": q["id"], "question": q["question"], "benchmark": bench}
 
 
@@ -85,7 +86,7 @@ def build_train_data(questions: Mapping[str, Sequence[Question]], cfg, out_dir: 
     verl_val = [verl_row(q, b, i, "val", style) for i, (b, q) in enumerate(val_pairs)]
     _write(verl_train, out_dir / VERL_DIR / TRAIN_FILE)
     _write(verl_val, out_dir / VERL_DIR / VAL_FILE)
-    _write([trl_row(q, b, style) for b, q in pairs], out_dir / TRL_DIR / TRAIN_FILE)
+    _write([trl_row(q, b) for b, q in pairs], out_dir / TRL_DIR / TRAIN_FILE)
     per_bench: dict[str, int] = {}
     for b, _ in pairs:
         per_bench[b] = per_bench.get(b, 0) + 1

@@ -1,19 +1,20 @@
-"""The `search` tool as the trainers call it: a plain Python function over a `Searcher`.
+"""The `search` tool as TRL calls it: a plain Python function over a `Searcher`, under the agent protocol.
 
 TRL builds the tool's JSON schema from the function's signature and docstring, so the docstring
-below is written to give exactly `searchr1.agent.prompts.SEARCH_TOOL_SCHEMA` (a test checks it):
-the model sees the same tool description in warm start, GRPO and evaluation.
+below is written to give exactly `searchr1.agent.prompts.SEARCH_TOOL_SCHEMA` (a test checks it).
+Query cleaning and the observation text are the protocol's (`AgentProtocol`), as in evaluation
+and in the verl tool.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
-from searchr1.agent.prompts import format_hits
+from searchr1.agent.protocol import AgentProtocol
 from searchr1.retrieval.base import Hit, Searcher
-
-QUERY_SEPARATOR = "\n---\n"  # between the results of several queries in one call, as the seed joins them
 
 
 @dataclass
@@ -21,49 +22,35 @@ class ToolStats:
     """Counts since the last `reset()`; the trainer reads them once per step."""
 
     calls: int = 0
-    queries: int = 0
-    empty_calls: int = 0
+    empty_calls: int = 0    # the model's fault: no usable query (the model sees an error message)
+    errors: int = 0         # the retriever's fault: the search itself raised (server down, bad answer)
     seconds: float = 0.0
-    recent: list[list[str]] = field(default_factory=list)
 
     def reset(self) -> None:
-        self.calls = self.queries = self.empty_calls = 0
+        self.calls = self.empty_calls = self.errors = 0
         self.seconds = 0.0
-        self.recent = []
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.calls if self.calls else 0.0
 
 
-def truncate_tokens(text: str, tokenizer, max_tokens: int) -> str:
-    """Keep the first `max_tokens` tokens of `text` (Search-R1's max_obs_length cut)."""
-    if tokenizer is None:
-        return text[: max_tokens * 4]  # ~4 characters per token when no tokenizer is at hand
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if len(ids) <= max_tokens:
-        return text
-    return tokenizer.decode(ids[:max_tokens])
+class ToolFailureError(RuntimeError):
+    """Too many search calls failed in one training step: training would go on without retrieval."""
 
 
-def clean_queries(query_list, max_queries: int, max_chars: int) -> list[str]:
-    """The model's `query_list` as a list of non-empty strings; a bare string counts as one query."""
-    if isinstance(query_list, str):
-        query_list = [query_list]
-    if not isinstance(query_list, list | tuple):
-        raise TypeError(f"query_list must be a list of strings, got {type(query_list).__name__}")
-    out = [str(q).strip()[:max_chars] for q in query_list if str(q).strip()]
-    return out[:max_queries]
+def check_tool_failures(stats: ToolStats, max_rate: float, step: int) -> None:
+    """Stop a run whose retriever fails: engines turn a tool exception into the tool's text and carry on."""
+    if stats.calls and stats.error_rate > max_rate:
+        raise ToolFailureError(
+            f"step {step}: {stats.errors} of {stats.calls} search calls failed ({stats.error_rate:.0%} > "
+            f"training.grpo.max_tool_error_rate={max_rate:.0%}); is the retriever up? The run stops rather than "
+            f"train without retrieval.")
 
 
-def format_results(hits_per_query: Sequence[Sequence[Hit]], tokenizer, max_obs_tokens: int) -> str:
-    """The tool's text: the evaluation agent's layout (searchr1.agent.rollout), so train and test match."""
-    text = QUERY_SEPARATOR.join(format_hits(hits).rstrip("\n") for hits in hits_per_query)
-    return truncate_tokens(text, tokenizer, max_obs_tokens)
-
-
-def make_search_tool(searcher: Searcher, topk: int, max_obs_tokens: int, tokenizer=None,
-                     max_queries: int = 3, max_query_chars: int = 512,
+def make_search_tool(searcher: Searcher, protocol: AgentProtocol, tokenizer: Any,
                      stats: ToolStats | None = None) -> Callable[..., str]:
-    """A `search(query_list)` function returning Search-R1's passage layout, cut to `max_obs_tokens`."""
-    import time
-
+    """A `search(query_list)` function returning the protocol's observation for the queries."""
     stats = stats if stats is not None else ToolStats()
 
     def search(query_list: list[str]):  # no return annotation: it would add "return" to the schema
@@ -72,17 +59,20 @@ def make_search_tool(searcher: Searcher, topk: int, max_obs_tokens: int, tokeniz
         Args:
             query_list: Fully-formed semantic queries.
         """
-        t0 = time.perf_counter()
-        queries = clean_queries(query_list, max_queries, max_query_chars)
         stats.calls += 1
-        stats.queries += len(queries)
-        stats.recent.append(queries)
+        queries = protocol.queries_from_arguments({"query_list": query_list})
         if not queries:
             stats.empty_calls += 1
             raise ValueError("query_list is empty: give at least one query")
-        text = format_results(searcher.search(queries, topk), tokenizer, max_obs_tokens)
-        stats.seconds += time.perf_counter() - t0
-        return text
+        t0 = time.perf_counter()
+        try:
+            hits = searcher.search(queries, protocol.topk)
+        except Exception:
+            stats.errors += 1
+            raise
+        finally:
+            stats.seconds += time.perf_counter() - t0
+        return protocol.observation(hits, tokenizer)
 
     search.stats = stats  # type: ignore[attr-defined]
     return search

@@ -24,12 +24,12 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from searchr1.agent.prompts import build_messages, tools_for
+from searchr1.agent.protocol import AgentProtocol
 from searchr1.agent.trace import Question
 from searchr1.cache import atomic_dir
 from searchr1.retrieval.base import Searcher
 from searchr1.rewards import normalize_answer
 from searchr1.tracking import MetricsLogger, null_logger
-from searchr1.training.search_tool import format_results
 
 IGNORE = -100
 
@@ -80,6 +80,7 @@ def build_traces(questions: Mapping[str, Sequence[Question]], searcher: Searcher
                  n_examples: int) -> tuple[list[list[dict[str, Any]]], dict[str, Any]]:
     """Traces for up to `n_examples` questions, the suites interleaved; only those whose search finds the answer."""
     rng = random.Random(cfg.run.seed)
+    protocol = AgentProtocol.from_config(cfg.agent)
     pools = {b: [q for q in qs if q.get("metadata", {}).get("hop_queries")] for b, qs in questions.items()}
     if not any(pools.values()):
         raise ValueError("warm start needs questions with metadata.hop_queries (the synthetic suites); "
@@ -101,9 +102,9 @@ def build_traces(questions: Mapping[str, Sequence[Question]], searcher: Searcher
             break
         qs = order[c: c + chunk]
         hops = [h for q in qs for h in q["metadata"]["hop_queries"]]
-        hits = iter(searcher.search(hops, cfg.agent.topk))
+        hits = iter(searcher.search(hops, protocol.topk))
         for q in qs:
-            texts = [format_results([next(hits)], tokenizer, cfg.agent.max_obs_tokens)
+            texts = [protocol.observation([next(hits)], tokenizer)
                      for _ in q["metadata"]["hop_queries"]]
             found = normalize_answer(" ".join(texts))
             if len(traces) >= n_examples:

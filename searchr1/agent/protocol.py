@@ -1,0 +1,145 @@
+"""The agent protocol: the one set of rules every engine follows (evaluation, TRL, verl).
+
+What a model is shown and how it is judged must not depend on which engine runs it, or a
+policy trained under one set of rules is evaluated under another. This module owns:
+
+- the prompt (system + user messages per style) and the `search` tool schema;
+- reading a turn: the tool call's queries (the seed's `parse_queries` rule), the answer;
+- the observation: Search-R1's `Doc i(Title: …) text` layout, queries joined by a separator,
+  cut to `max_obs_tokens` tokens of the policy's tokenizer;
+- the end-of-turn rules: what happens after a turn (search, answer, retry, stop and why);
+- the reward: exact match of the LAST `<answer>` in the model's own text.
+
+The prompt texts, the parser and the scorer live in `prompts`, `parsing` and `searchr1.rewards`;
+engines call them only through `AgentProtocol`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from searchr1.agent.config import AgentConfig
+from searchr1.agent.parsing import ParsedTurn, queries_from_arguments
+from searchr1.agent.parsing import parse_turn as _parse_turn
+from searchr1.agent.prompts import (
+    SEARCH_R1_INVALID,
+    PromptStyle,
+    build_messages,
+    format_hits,
+    tools_for,
+)
+from searchr1.agent.trace import StopReason
+from searchr1.retrieval.base import Hit
+from searchr1.rewards import exact_match, extract_answer
+
+QUERY_SEPARATOR = "\n---\n"  # between the results of several queries in one call, as the seed joins them
+STOP_STRINGS: dict[str, tuple[str, ...]] = {"tool_call": ("</tool_call>", "</answer>"),
+                                            "search_r1": ("</search>", "</answer>")}
+
+# After a turn: go on with a search, go on after Search-R1's invalid-action hint, or stop (and why).
+Decision = Literal["search", "retry"] | StopReason
+
+
+def truncate_tokens(text: str, tokenizer: Any, max_tokens: int) -> str:
+    """The first `max_tokens` tokens of `text` (Search-R1's `max_obs_length` cut)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return text if len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens])
+
+
+@dataclass(frozen=True)
+class AgentProtocol:
+    """The rules, with their budgets; build it from the `agent` config section."""
+
+    style: PromptStyle = "tool_call"
+    topk: int = 3
+    max_turns: int = 4
+    max_new_tokens: int = 256          # per assistant turn
+    max_response_tokens: int = 1024    # the whole multi-turn response, tool text included
+    max_obs_tokens: int = 256          # retrieved text per search call
+    max_queries_per_call: int = 3
+    max_query_chars: int = 512
+
+    @classmethod
+    def from_config(cls, agent: AgentConfig) -> AgentProtocol:
+        return cls(style=agent.prompt_style, topk=agent.topk, max_turns=agent.max_turns,
+                   max_new_tokens=agent.max_new_tokens, max_response_tokens=agent.max_response_tokens,
+                   max_obs_tokens=agent.max_obs_tokens, max_queries_per_call=agent.max_queries_per_call,
+                   max_query_chars=agent.max_query_chars)
+
+    # ------------------------------------------------------------ prompt
+
+    def messages(self, question: str) -> list[dict[str, str]]:
+        return build_messages(question, self.style)
+
+    def tools(self) -> list[dict[str, Any]] | None:
+        """The `tools=` argument for the chat template (the schema only in the tool_call style)."""
+        return tools_for(self.style)
+
+    def render_prompt(self, tokenizer: Any, question: str) -> str:
+        return tokenizer.apply_chat_template(self.messages(question), tools=self.tools(),
+                                             add_generation_prompt=True, tokenize=False)
+
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        return STOP_STRINGS[self.style]
+
+    # ------------------------------------------------------------ reading the model
+
+    def parse(self, text: str) -> ParsedTurn:
+        return _parse_turn(text, self.style, self.max_queries_per_call, self.max_query_chars)
+
+    def queries_from_arguments(self, arguments: Any) -> list[str]:
+        """The queries of a tool call an engine already parsed (TRL, verl): same cleaning as `parse`."""
+        return queries_from_arguments(arguments, Counter(), self.max_queries_per_call, self.max_query_chars)
+
+    # ------------------------------------------------------------ the observation
+
+    def observation(self, hits_per_query: Sequence[Sequence[Hit]], tokenizer: Any) -> str:
+        """The tool's text for one call: passages per query, cut to `max_obs_tokens` tokens."""
+        text = QUERY_SEPARATOR.join(format_hits(h).rstrip("\n") for h in hits_per_query)
+        return truncate_tokens(text, tokenizer, self.max_obs_tokens)
+
+    def wrap_observation(self, observation: str) -> str:
+        """How the observation is written into the search_r1 style's text (the tool_call style's glue is
+        the chat template's tool message, which every engine renders the same way)."""
+        return f"\n\n<information>{observation.strip()}</information>\n\n"
+
+    invalid_action_hint = SEARCH_R1_INVALID
+
+    # ------------------------------------------------------------ end of turn
+
+    def decide(self, parsed: ParsedTurn, turn: int, response_tokens: int, hit_limit: bool) -> Decision:
+        """What follows assistant turn number `turn` (0-based), given the whole response's tokens so far.
+
+        An answer ends the episode; so do the token and turn budgets; a search goes on; a turn with
+        neither is retried with Search-R1's hint in its style, and ends the seed's tool_call loop.
+        """
+        if parsed.action == "answer":
+            return "answer"
+        if response_tokens >= self.max_response_tokens:
+            return "max_tokens"
+        if turn >= self.max_turns - 1:
+            return "max_turns"
+        if parsed.action == "search":
+            return "search"
+        if self.style == "search_r1":
+            return "retry"
+        return "max_tokens" if hit_limit else "no_action"
+
+    # ------------------------------------------------------------ reward
+
+    @staticmethod
+    def prediction(model_text: str) -> str | None:
+        """The answer of a response: its last `<answer>` (the prompt shows an example one)."""
+        return extract_answer(model_text)
+
+    def reward(self, model_text: str, golden_answers: str | Sequence[str], format_reward: float = 0.0) -> float:
+        """Search-R1's reward: exact match of the last answer; `format_reward` for a wrong but present
+        answer (0 in Search-R1; a named deviation when set)."""
+        pred = self.prediction(model_text)
+        if pred is None:
+            return 0.0
+        return exact_match(pred, golden_answers) or float(format_reward)
