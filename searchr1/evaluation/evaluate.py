@@ -95,9 +95,13 @@ def _write_parquet_atomic(rows: list[dict[str, Any]], path: Path) -> None:
 
 def evaluate_checkpoints(checkpoints: list[tuple[int, Path | str]], questions: Mapping[str, Sequence[Question]],
                          searcher: Searcher, cfg: PipelineConfig, out_dir: Path,
-                         log_metrics: MetricsLogger = null_logger, progress: bool = True) -> dict[str, Any]:
+                         log_metrics: MetricsLogger = null_logger, progress: bool = True,
+                         init: tuple[str, Path | str] | None = None) -> dict[str, Any]:
     """Score every (training step, HF folder) checkpoint with the search agent and the baselines.
 
+    `init` = (label, folder): the policy RL started from when it is not the base model (the warm-started
+    policy), scored at step 0 beside the base so that the RL gain is measured against it; the
+    baselines run on every step-0 model, so with a warm start they show what retrieval alone gives.
     `cfg` is the PipelineConfig (agent, policy and evaluation sections are used).
     Returns {"results": path, "checkpoints": [...], "computed": n, "skipped": n,
              "search_agent_average_em": {step: em}}.
@@ -107,8 +111,12 @@ def evaluate_checkpoints(checkpoints: list[tuple[int, Path | str]], questions: M
     methods = methods_of(cfg)
     computed = skipped = 0
     tables: dict[tuple[str, int, str, str], list[dict]] = {}
-    for step, path in sorted(checkpoints, key=lambda c: c[0]):
-        name = checkpoint_name(step)
+    models = [(checkpoint_name(step), step, path) for step, path in sorted(checkpoints, key=lambda c: c[0])]
+    if init is not None:
+        if init[0] in {m[0] for m in models}:
+            raise ValueError(f"evaluate_checkpoints: init label {init[0]!r} collides with a checkpoint name")
+        models.insert(sum(step == 0 for _, step, _ in models), (init[0], 0, init[1]))
+    for name, step, path in models:
         generator: Generator | None = None
         at_step = methods if step == 0 or cfg.evaluation.baselines_at == "all" else [AGENT]
         for method in at_step:
@@ -128,13 +136,16 @@ def evaluate_checkpoints(checkpoints: list[tuple[int, Path | str]], questions: M
         del generator
         gc.collect()
     rows = results_rows(tables)
-    for step in sorted({s for _, s, _, _ in tables}):
-        metrics = {f"eval/{r['method']}/{r['benchmark']}/{r['metric']}": r["value"] for r in rows if r["step"] == step}
+    for name, step, _ in models:  # MLflow series are per step: the init model's go under its own prefix
+        prefix = "eval" if name == checkpoint_name(step) else f"eval-{name}"
+        metrics = {f"{prefix}/{r['method']}/{r['benchmark']}/{r['metric']}": r["value"] for r in rows
+                   if r["checkpoint"] == name}
         log_metrics(metrics, step)
     results = out_dir / "results.parquet"
     _write_parquet_atomic(rows, results)
-    agent_em = {r["step"]: r["value"] for r in rows
-                if r["method"] == AGENT and r["benchmark"] == AVERAGE and r["metric"] == "em"}
-    return {"results": str(results), "checkpoints": [checkpoint_name(s) for s, _ in sorted(checkpoints)],
+    agent_em = {r["step"]: r["value"] for r in rows  # base and trained checkpoints (the init is not a step)
+                if r["method"] == AGENT and r["benchmark"] == AVERAGE and r["metric"] == "em"
+                and r["checkpoint"] == checkpoint_name(r["step"])}
+    return {"results": str(results), "checkpoints": [name for name, _, _ in models],
             "methods": methods, "benchmarks": list(questions), "computed": computed, "skipped": skipped,
             "search_agent_average_em": agent_em}

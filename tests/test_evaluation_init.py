@@ -1,0 +1,30 @@
+"""The policy RL started from (the warm-started model) is scored as its own column at step 0."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from test_agent_fixtures import QUESTIONS, KeywordSearcher
+from test_evaluation import fake_models  # noqa: F401  (the fixture is used by name)
+
+from searchr1.config import PipelineConfig
+from searchr1.evaluation import evaluate as ev
+
+
+def test_init_model_is_its_own_column_with_baselines(tmp_path: Path, fake_models):  # noqa: F811
+    logged: list = []
+    questions = {"single_hop": QUESTIONS[:3]}
+    summary = ev.evaluate_checkpoints([(0, "base-folder"), (4, "ckpt-4")], questions,
+                                      KeywordSearcher(), PipelineConfig(), tmp_path,
+                                      log_metrics=lambda m, s: logged.append((dict(m), s)), progress=False,
+                                      init=("warm-start", "ws-folder"))
+    assert fake_models == ["base-folder", "ws-folder", "ckpt-4"]  # base, then the RL start, then the steps
+    assert summary["checkpoints"] == ["base", "warm-start", "step-000004"]
+    res = pd.read_parquet(tmp_path / "results.parquet")
+    ws = res[res["checkpoint"] == "warm-start"]
+    assert set(ws["step"]) == {0} and set(ws["method"]) == {"search_agent", "direct", "rag"}  # baselines too
+    assert summary["search_agent_average_em"].keys() == {0, 4}  # steps only: the base keeps step 0
+    assert [s for _, s in logged] == [0, 0, 4]
+    assert "eval-warm-start/search_agent/average/em" in logged[1][0]  # no clash with the base's series
+    with pytest.raises(ValueError, match="collides"):
+        ev.evaluate_checkpoints([(0, "b")], questions, None, PipelineConfig(), tmp_path / "x", init=("base", "w"))
