@@ -19,6 +19,10 @@ class SyntheticWorldConfig(Section):
     passages_per_entity: PositiveInt = 2
     questions_per_skill: PositiveInt = 300
     test_fraction: float = Field(0.25, gt=0, lt=1)
+    # Share of people who get a namesake: a second person whose surname differs by one letter, with the same
+    # occupation but another birthplace, year and employer. A search for one then often ranks the other first,
+    # so reading the retrieved name carefully (and checking it) can matter. 0 keeps the world as it was.
+    namesake_fraction: float = Field(0.0, ge=0, le=1)
 
 
 class Wiki18Config(Section):

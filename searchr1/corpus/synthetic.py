@@ -9,6 +9,9 @@ question. Suites by skill:
 - bridge         two hops: a fact about an entity reached through another (the author of W)
 - comparison     two entities compared on a year (who was born first)
 - compositional  three hops
+
+With `namesake_fraction` > 0 some people have a namesake (one letter apart), so the passage retrieved
+first is sometimes about the wrong person: the world where checking a claim can pay.
 """
 
 from __future__ import annotations
@@ -123,7 +126,28 @@ def build_world(cfg: SyntheticWorldConfig) -> World:
         creator = rng.choice(w.people)
         w.works.append(Work(f"work{i}", title, rng.choice(_WORK_KINDS),
                             creator.born + rng.randint(20, 60), creator, rng.choice(w.orgs)))
+    _add_namesakes(w, cfg, names)
     return w
+
+
+def _one_letter_apart(name: str, rng: random.Random) -> str:
+    """The name with one vowel of its surname changed: 'Brae Kouthar' -> 'Brae Kouther'."""
+    given, _, surname = name.rpartition(" ")
+    spots = [i for i, ch in enumerate(surname) if ch in "aeiou"]
+    i = rng.choice(spots)
+    vowel = rng.choice([v for v in "aeiou" if v != surname[i]])
+    return f"{given} {surname[:i]}{vowel}{surname[i + 1:]}"
+
+
+def _add_namesakes(w: World, cfg: SyntheticWorldConfig, names: _Names) -> None:
+    # Drawn from their own stream after the rest of the world, so a world without namesakes is unchanged.
+    rng = random.Random(cfg.seed + 7)
+    originals = rng.sample(w.people, round(cfg.namesake_fraction * len(w.people)))
+    for k, p in enumerate(originals):
+        others = [pl for pl in w.places if pl is not p.birthplace]
+        w.people.append(Person(f"namesake{k}", names.make(lambda p=p: _one_letter_apart(p.name, rng)),
+                               rng.randint(1800, 1990), rng.choice(others), p.occupation,
+                               rng.choice([o for o in w.orgs if o is not p.employer])))
 
 
 # --- passages -------------------------------------------------------------------------------------
@@ -296,6 +320,7 @@ def build_questions(world: World, cfg: SyntheticWorldConfig) -> dict[str, dict[s
     for entity_id, passage in render_passages(world, cfg.seed):
         evidence.setdefault(entity_id, []).append(passage["id"])
     subjects = sorted({e.id for e in world.people + world.orgs + world.works})
+    name_of = {e.id: e.name for e in world.people + world.orgs + world.places} | {wk.id: wk.title for wk in world.works}
     split_rng = random.Random(cfg.seed + 3)
     test_subjects = {s for s in subjects if split_rng.random() < cfg.test_fraction}
     out: dict[str, dict[str, list[dict]]] = {}
@@ -315,6 +340,7 @@ def build_questions(world: World, cfg: SyntheticWorldConfig) -> dict[str, dict[s
                 "question": q.question,
                 "golden_answers": q.answers,
                 "metadata": {"skill": skill, "hop_queries": q.hop_queries,
+                             "hop_entities": [name_of[eid] for eid in q.chain],  # what each hop is about
                              "supporting_ids": [pid for eid in q.chain for pid in evidence[eid]]},
             })
         out[skill] = rows

@@ -14,6 +14,9 @@ class WarmStartConfig(Section):
     learning_rate: PositiveFloat = 5e-5
     batch_size: PositiveInt = 8
     gradient_checkpointing: bool = True  # same trade as GRPOConfig's: a third of the memory, same speed
+    # Share of traces that check one hop with a second search and say so in a reflective phrase ("Wait, let
+    # me verify ..."): a behaviour GRPO can then raise or lower. The report states the rate used.
+    verify_rate: float = Field(0.0, ge=0, le=1)
 
 
 class GRPOConfig(Section):

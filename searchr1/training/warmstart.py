@@ -34,16 +34,36 @@ from searchr1.tracking import MetricsLogger, null_logger
 IGNORE = -100
 
 
-def trace_messages(q: Question, tool_texts: Sequence[str]) -> list[dict[str, Any]]:
-    """The chat of one warm-start trace (tool_call prompt style)."""
+# Reflective checks a verifying trace says before its second search; each holds a phrase of the default
+# lexicon, so the analysis counts them as the study defines reflection.
+VERIFY_PHRASES = ("Wait, let me verify that this is really about {e} and not a similar name.",
+                  "Hold on, let me double-check {e}.",
+                  "On second thought, let me re-verify the passage about {e}.")
+
+
+def trace_messages(q: Question, tool_texts: Sequence[str], verify: tuple[int, int] | None = None
+                   ) -> list[dict[str, Any]]:
+    """The chat of one warm-start trace (tool_call prompt style): one search per hop, then the answer.
+
+    `verify` = (hop, phrase): after that hop's result, a reflective phrase and a second search for the
+    hop's entity; `tool_texts` then holds one more text, right after that hop's.
+    """
     hops = q["metadata"]["hop_queries"]
     golden = q["golden_answers"][0]
     msgs: list[dict[str, Any]] = list(build_messages(q["question"], "tool_call"))
-    for i, (hop, text) in enumerate(zip(hops, tool_texts, strict=True)):
-        think = ("<think>I need to search for " if i == 0 else "<think>Now I need to search for ") + hop + ".</think>"
+    texts = iter(tool_texts)
+
+    def call(think: str, query: str) -> None:
         msgs.append({"role": "assistant", "content": think, "tool_calls": [
-            {"type": "function", "function": {"name": "search", "arguments": {"query_list": [hop]}}}]})
-        msgs.append({"role": "tool", "name": "search", "content": text})
+            {"type": "function", "function": {"name": "search", "arguments": {"query_list": [query]}}}]})
+        msgs.append({"role": "tool", "name": "search", "content": next(texts)})
+
+    for i, hop in enumerate(hops):
+        lead = "I need to search for" if i == 0 else "Now I need to search for"
+        call(f"<think>{lead} {hop}.</think>", hop)
+        if verify is not None and verify[0] == i:
+            entity = q["metadata"]["hop_entities"][i]
+            call(f"<think>{VERIFY_PHRASES[verify[1]].format(e=entity)}</think>", entity)
     final = f"<think>The search results say the answer is {golden}.</think>\n<answer>{golden}</answer>"
     msgs.append({"role": "assistant", "content": final})
     return msgs
@@ -93,29 +113,38 @@ def build_traces(questions: Mapping[str, Sequence[Question]], searcher: Searcher
             if pool:
                 order.append(pool.pop())
     # one batched searcher call per chunk of questions (a query at a time is ~50x slower with a dense encoder)
+    verify_rate = cfg.training.warm_start.verify_rate
     traces: list[list[dict[str, Any]]] = []
-    dropped = 0
+    dropped = verified = 0
     chunk = 64
     bar = tqdm(total=n_examples, desc="warm-start traces", leave=False)
     for c in range(0, len(order), chunk):
         if len(traces) >= n_examples:
             break
         qs = order[c: c + chunk]
-        hops = [h for q in qs for h in q["metadata"]["hop_queries"]]
-        hits = iter(searcher.search(hops, protocol.topk))
+        plans: list[tuple[Question, list[str], tuple[int, int] | None]] = []
         for q in qs:
-            texts = [protocol.observation([next(hits)], tokenizer)
-                     for _ in q["metadata"]["hop_queries"]]
+            hops = list(q["metadata"]["hop_queries"])
+            verify = None
+            if q["metadata"].get("hop_entities") and rng.random() < verify_rate:
+                verify = (rng.randrange(len(hops)), rng.randrange(len(VERIFY_PHRASES)))
+                hops.insert(verify[0] + 1, q["metadata"]["hop_entities"][verify[0]])
+            plans.append((q, hops, verify))
+        hits = iter(searcher.search([h for _, hops, _ in plans for h in hops], protocol.topk))
+        for q, hops, verify in plans:
+            texts = [protocol.observation([next(hits)], tokenizer) for _ in hops]
             found = normalize_answer(" ".join(texts))
             if len(traces) >= n_examples:
                 continue
             if not any(normalize_answer(g) in found for g in q["golden_answers"]):
                 dropped += 1
                 continue
-            traces.append(trace_messages(q, texts))
+            traces.append(trace_messages(q, texts, verify))
+            verified += verify is not None
             bar.update(1)
     bar.close()
-    return traces, {"traces": len(traces), "dropped_answer_not_retrieved": dropped}
+    return traces, {"traces": len(traces), "dropped_answer_not_retrieved": dropped, "verifying_traces": verified,
+                    "verify_rate": verified / len(traces) if traces else 0.0}
 
 
 def masked_lm_loss(model, input_ids, attention_mask, labels):
