@@ -48,6 +48,8 @@ def test_trl_rows_and_shuffle_is_seeded(tmp_path):
     a, b = read_trl_rows(tmp_path / "a"), read_trl_rows(tmp_path / "b")
     assert [r["question_id"] for r in a] == [r["question_id"] for r in b]
     assert {r["benchmark"] for r in a} == {"single_hop", "bridge"}
+    # dealt round-robin: while both suites last, consecutive rows alternate between them
+    assert [r["benchmark"] for r in a[:6]] == ["single_hop", "bridge"] * 3
     # the bare question: the rollout loop renders it under the agent protocol, as evaluation does
     assert {r["prompt"] for r in a} == {q["question"] for qs in QUESTIONS.values() for q in qs}
 

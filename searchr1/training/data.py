@@ -69,17 +69,22 @@ def _write(rows: Sequence[dict[str, Any]], path: Path) -> None:
 def build_train_data(questions: Mapping[str, Sequence[Question]], cfg, out_dir: Path) -> dict[str, Any]:
     """Write out_dir/verl/{train,val}.parquet and out_dir/trl/train.parquet; return counts.
 
-    Rows are shuffled once with `cfg.run.seed` so that the suites are interleaved in every batch.
+    Each suite is shuffled with `cfg.run.seed`, then the suites are dealt round-robin, so any run of
+    consecutive rows holds every suite (the TRL engine reads them in order: each GRPO step then sees
+    multi-hop questions, not a random draw that may hold none).
     """
     style = cfg.agent.prompt_style
-    pairs = []
+    rng = random.Random(cfg.run.seed)
+    decks = []
     for bench, items in questions.items():
         for i, q in enumerate(items):
             _check(q, bench, i)
-            pairs.append((bench, q))
+        deck = [(bench, q) for q in items]
+        rng.shuffle(deck)
+        decks.append(deck)
+    pairs = [deck[k] for k in range(max(map(len, decks), default=0)) for deck in decks if k < len(deck)]
     if not pairs:
         raise ValueError(f"no training questions in benchmarks {sorted(questions)}")
-    random.Random(cfg.run.seed).shuffle(pairs)
     out_dir = Path(out_dir)
     verl_train = [verl_row(q, b, i, "train", style) for i, (b, q) in enumerate(pairs)]
     val_pairs = pairs[:VAL_ROWS]

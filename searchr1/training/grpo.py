@@ -210,6 +210,7 @@ def grpo_args(cfg, work_dir: Path, **overrides: Any):
         report_to="none",
         seed=cfg.run.seed,
         data_seed=cfg.run.seed,
+        shuffle_dataset=False,  # the train-data stage deals the suites round-robin: every step sees each skill
         dataloader_num_workers=0,
         remove_unused_columns=False,
         disable_tqdm=False,
