@@ -49,5 +49,21 @@ mlflow-ui: setup
 bench: setup
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
+# requirements-gpu.lock: the paper profile's environment (Linux x86_64, CPython 3.11, CUDA), resolved by uv
+# from requirements-gpu.txt without installing anything. The committed lock is the resolver's preference, so
+# only a change of requirements-gpu.txt (or a yanked pin) changes it; `make gpu-lock ARGS=--upgrade` moves all.
+.PHONY: gpu-lock check-gpu-lock
+GPU_COMPILE = $(VENV)/bin/uv pip compile requirements-gpu.txt --quiet --python-version 3.11 \
+  --python-platform x86_64-manylinux_2_28 --custom-compile-command "make gpu-lock"
+
+gpu-lock: setup
+	$(GPU_COMPILE) $(ARGS) -o requirements-gpu.lock
+
+check-gpu-lock: setup
+	@tmp=$$(mktemp) && trap 'rm -f "$$tmp"' EXIT && cp requirements-gpu.lock "$$tmp" && \
+	{ $(GPU_COMPILE) -o "$$tmp" || { echo "check-gpu-lock: requirements-gpu.txt does not resolve (see above)" >&2; exit 1; }; } && \
+	{ diff -u requirements-gpu.lock "$$tmp" && echo "check-gpu-lock: requirements-gpu.lock is up to date"; } || \
+	{ echo "check-gpu-lock: requirements-gpu.lock is stale against requirements-gpu.txt: run make gpu-lock" >&2; exit 1; }
+
 clean:
 	rm -rf artifacts/cache artifacts/runs artifacts/mlflow.db artifacts/mlartifacts .prefect
