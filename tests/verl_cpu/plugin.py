@@ -1,0 +1,196 @@
+"""A CPU platform for verl 0.9.1 and a vLLM-CPU weight layout verl can update in place (test tree only).
+
+verl has no CPU platform: without one it falls back to `nvidia` and turns `trainer.device=cpu` back
+into cuda. This module registers `cpu` in verl's platform registry; it is imported in every verl
+process through `VERL_USE_EXTERNAL_MODULES=verl_cpu.plugin` (verl's `__init__` imports it), which
+includes the vLLM worker, because that worker imports verl's worker extension before it loads the model.
+
+The weight-sync fix: vLLM's CPU linear layers pre-pack their weight at load time
+(`vllm.model_executor.layers.utils.dispatch_cpu_unquantized_gemm`) and replace `layer.weight` with an
+empty parameter, so verl's `model.load_weights` (each step's actor -> rollout sync) has nothing to load
+into; the tied lm_head keeps its weight but computes from a stale packed copy. Here every 2-D
+unquantized CPU linear computes `F.linear` over its live `layer.weight`, so an in-place load is what
+the next forward uses, and verl's second `process_weights_after_loading` is a no-op.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from types import ModuleType
+from typing import Any
+
+import psutil
+import torch
+from verl.plugin.platform.platform_base import PlatformBase
+from verl.plugin.platform.platform_manager import PlatformRegistry
+
+
+class _CpuDevice(ModuleType):
+    """`torch.cpu` plus the `torch.cuda`-style calls verl makes on its device module."""
+
+    def __init__(self) -> None:
+        super().__init__("verl_cpu.device")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(torch.cpu, name)
+
+    @staticmethod
+    def empty_cache() -> None:
+        return None
+
+    @staticmethod
+    def ipc_collect() -> None:
+        return None
+
+    @staticmethod
+    def set_per_process_memory_fraction(fraction: float, device: Any = None) -> None:
+        return None
+
+    @staticmethod
+    def mem_get_info(device: Any = None) -> tuple[int, int]:
+        vm = psutil.virtual_memory()
+        return vm.available, vm.total
+
+    @staticmethod
+    def memory_allocated(device: Any = None) -> int:
+        return psutil.Process().memory_info().rss
+
+    memory_reserved = max_memory_allocated = max_memory_reserved = memory_allocated
+
+    @staticmethod
+    def reset_peak_memory_stats(device: Any = None) -> None:
+        return None
+
+    @staticmethod
+    def get_rng_state(device: Any = None) -> torch.Tensor:
+        return torch.get_rng_state()
+
+    @staticmethod
+    def set_rng_state(state: torch.Tensor, device: Any = None) -> None:
+        torch.set_rng_state(state)
+
+    @staticmethod
+    def manual_seed(seed: int) -> None:
+        torch.manual_seed(seed)
+
+    manual_seed_all = manual_seed
+
+    @staticmethod
+    def get_device_name(device: Any = None) -> str:
+        return "cpu"
+
+    @staticmethod
+    def current_device() -> int:
+        return 0  # verl formats f"{device}:{index}"; "cpu:0" is a valid torch device
+
+
+CPU_DEVICE = _CpuDevice()
+
+
+@PlatformRegistry.register(platform="cpu")
+class PlatformCPU(PlatformBase):
+    """verl on the host CPU: gloo collectives, a Ray `GPU` placeholder per worker, no IPC."""
+
+    @property
+    def device_name(self) -> str:
+        return "cpu"
+
+    @property
+    def vendor_name(self) -> str:
+        return "cpu"
+
+    @property
+    def device_module(self) -> ModuleType:
+        return CPU_DEVICE
+
+    def is_available(self) -> bool:
+        return True
+
+    def is_platform_available(self, use_smi_check: bool = False) -> bool:
+        return True
+
+    def current_device(self) -> int:
+        return 0
+
+    def device_count(self) -> int:
+        return 1
+
+    def set_device(self, device_index: int) -> None:
+        return None
+
+    def synchronize(self, device_index: int | None = None) -> None:
+        return None
+
+    def manual_seed(self, seed: int) -> None:
+        torch.manual_seed(seed)
+
+    def manual_seed_all(self, seed: int) -> None:
+        torch.manual_seed(seed)
+
+    def set_allocator_settings(self, settings: str) -> None:
+        return None
+
+    def empty_cache(self) -> None:
+        return None
+
+    def get_device_capability(self, device_index: int = 0) -> tuple[int | None, int | None]:
+        return None, None
+
+    def communication_backend_name(self) -> str:
+        return "gloo"
+
+    def visible_devices_envvar(self) -> str:
+        # Ray sets this for a `GPU` placeholder; nothing on CPU reads it
+        return "CUDA_VISIBLE_DEVICES"
+
+    @contextmanager
+    def nvtx_range(self, msg: str):
+        yield
+
+    def profiler_start(self) -> None:
+        return None
+
+    def profiler_stop(self) -> None:
+        return None
+
+    def ray_resource_name(self) -> str:
+        return "GPU"  # run_step.py starts Ray with num_gpus=1: one placeholder slot for the colocated worker
+
+    def ray_noset_envvars(self) -> list[str]:
+        return ["RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"]
+
+    def is_ipc_supported(self) -> bool:
+        return False
+
+    def rollout_env_vars(self) -> dict[str, str]:
+        return {}
+
+    def get_collective_module(self) -> Any:
+        return None
+
+    def cudart(self) -> Any:
+        return None
+
+
+def _keep_cpu_linear_weights() -> None:
+    """Make vLLM's CPU linear layers compute from `layer.weight` (see the module docstring)."""
+    try:
+        from vllm.model_executor.layers import utils as vllm_layer_utils
+    except ImportError:  # a process without vLLM (e.g. the reward or data workers) has nothing to patch
+        return
+    original = vllm_layer_utils.dispatch_cpu_unquantized_gemm
+    if getattr(original, "_verl_cpu_keeps_weight", False):
+        return
+
+    def dispatch_keeping_weight(layer: torch.nn.Module, remove_weight: bool) -> None:
+        if layer.weight.ndim != 2 or layer.weight.is_meta:
+            return original(layer, remove_weight)
+        layer.cpu_linear = lambda x, weight, bias: torch.nn.functional.linear(x, weight, bias)
+
+    dispatch_keeping_weight._verl_cpu_keeps_weight = True  # type: ignore[attr-defined]
+    vllm_layer_utils.dispatch_cpu_unquantized_gemm = dispatch_keeping_weight
+
+
+if os.environ.get("VERL_CPU_KEEP_VLLM_WEIGHTS", "1") == "1":
+    _keep_cpu_linear_weights()
