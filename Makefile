@@ -65,5 +65,10 @@ check-gpu-lock: setup
 	{ diff -u requirements-gpu.lock "$$tmp" && echo "check-gpu-lock: requirements-gpu.lock is up to date"; } || \
 	{ echo "check-gpu-lock: requirements-gpu.lock is stale against requirements-gpu.txt: run make gpu-lock" >&2; exit 1; }
 
+# one real verl GRPO step on CPU (issue 14, 5d): builds .venv-verl once, then tests/verl_cpu/run_step.py (~30+ min on 2 cores)
+.PHONY: verl-cpu-step
+verl-cpu-step:
+	bash tests/verl_cpu/make_venv.sh && .venv-verl/bin/python tests/verl_cpu/run_step.py --out artifacts/verl_cpu_step
+
 clean:
 	rm -rf artifacts/cache artifacts/runs artifacts/mlflow.db artifacts/mlartifacts .prefect
