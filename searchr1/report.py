@@ -21,10 +21,11 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from searchr1.cache import atomic_file, write_text_atomic
+from searchr1.config import flatten
+from searchr1.io import atomic_file, write_text_atomic
+from searchr1.summaries import CorpusSummary, StageSummary, TrainSummary
 
 PAPER_POLICY = "Qwen2.5-3B-Instruct"
-STAGE_ORDER = ("corpus", "questions", "index", "train-data", "warm-start", "train", "evaluate", "reflection")
 CURVE_PATTERNS = ("reward", "em", "accuracy", "reflect", "search", "turn", "kl", "loss", "entropy", "length")
 MAX_CURVES = 6
 
@@ -89,16 +90,6 @@ def _table(rows: list[Mapping[str, Any]] | pd.DataFrame, columns: list[str] | No
     return "\n".join(lines)
 
 
-def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in data.items():
-        if isinstance(v, Mapping) and v:
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _get(cfg: Mapping[str, Any], path: str, default: Any = None) -> Any:
     node: Any = cfg
     for part in path.split("."):
@@ -108,8 +99,8 @@ def _get(cfg: Mapping[str, Any], path: str, default: Any = None) -> Any:
     return node
 
 
-def _facts(summary: Mapping[str, Any], skip: tuple[str, ...] = ("files", "figures")) -> str:
-    flat = {k: v for k, v in _flatten(summary).items() if k.split(".")[0] not in skip}
+def _facts(summary: StageSummary, skip: tuple[str, ...] = ("files", "figures")) -> str:
+    flat = {k: v for k, v in flatten(summary.to_json()).items() if k.split(".")[0] not in skip}
     if not flat:
         return "_(this stage reported no summary)_"
     return _table([{"fact": k, "value": v} for k, v in flat.items()])
@@ -128,21 +119,20 @@ def _copy_png(src: Path | None, out_dir: Path, name: str) -> str | None:
 # ---------------------------------------------------------------------------------------------- sections
 
 
-def warm_start_used(config: Mapping[str, Any], stages: Mapping[str, Mapping[str, Any]]) -> bool:
-    train = stages.get("train") or {}
-    for key in ("warm_start", "warm_started", "warm_start_used", "init_from_warm_start"):
-        if key in train:
-            v = train[key]
-            return bool(v.get("enabled", True) if isinstance(v, Mapping) else v)
+def warm_start_used(config: Mapping[str, Any], stages: Mapping[str, StageSummary]) -> bool:
+    """Whether GRPO started from the warm-started model: the train stage says so; before it ran, the config."""
+    train = stages.get("train")
+    if isinstance(train, TrainSummary):
+        return train.warm_started
     return "warm-start" in stages or bool(_get(config, "training.warm_start.enabled", False))
 
 
-def deviations(config: Mapping[str, Any], stages: Mapping[str, Mapping[str, Any]]) -> list[str]:
+def deviations(config: Mapping[str, Any], stages: Mapping[str, StageSummary]) -> list[str]:
     """How this run differs from Search-R1's setup, read off the config (nothing branches on a profile name)."""
     out = []
     if _get(config, "corpus.source") == "synthetic":
-        n = _get(stages, "corpus.n_passages") or _get(stages, "corpus.passages")
-        size = f" ({_fmt(n)} passages)" if n else ""
+        corpus = stages.get("corpus")
+        size = f" ({_fmt(corpus.passages)} passages)" if isinstance(corpus, CorpusSummary) else ""
         out.append(f"**Corpus:** a generated fictional world{size} instead of wiki-18 (21M Wikipedia passages); "
                    "its entities are made up, so the model can only answer by searching.")
     if _get(config, "questions.source") == "synthetic":
@@ -326,7 +316,7 @@ def render_html(markdown: str, out_dir: Path, title: str) -> str:
 # ---------------------------------------------------------------------------------------------- the report
 
 
-def build_report(out_dir: Path, *, config: dict, stages: Mapping[str, dict], results_md: Path | None,
+def build_report(out_dir: Path, *, config: dict, stages: Mapping[str, StageSummary], results_md: Path | None,
                  results_png: Path | None, analysis_dir: Path | None, train_metrics: pd.DataFrame | None,
                  mlflow_links: Mapping[str, str]) -> dict[str, Path]:
     """Write report.md, report.html and the PNGs they show into out_dir; returns {name: path}."""

@@ -1,10 +1,22 @@
 """Stage: embed the corpus and build the retrieval index."""
 
+from typing import Any
+
 from prefect import task
 from prefect.cache_policies import NONE
 
-from searchr1.cache import StageOutput
-from tasks._stage import PipelineContext, run_stage
+from searchr1.config import PipelineConfig
+from searchr1.stage_cache import StageOutput
+from searchr1.summaries import IndexSummary
+from tasks._stage import PipelineContext, embedder_key, run_stage
+
+
+def index_key(cfg: PipelineConfig) -> dict[str, Any]:
+    """The settings that decide the index: the embedder's, and the index's build-time ones."""
+    from searchr1.retrieval.index import SEARCH_TIME_KEYS  # efSearch, nprobe, GPU placement: not built in
+
+    return {"retrieval.embedder": embedder_key(cfg),
+            "retrieval.index": cfg.retrieval.index.model_dump(mode="json", exclude=SEARCH_TIME_KEYS)}
 
 
 @task(name="index", cache_policy=NONE)
@@ -15,10 +27,7 @@ def index_task(ctx: PipelineContext, corpus: StageOutput) -> StageOutput:
         summary = index.build_index(corpus.path / "passages", work, ctx.cfg.retrieval, log_metrics=run)
         for meta in sorted(work.glob("*.json")):  # index metadata: embedder, dims, count, recall
             run.log_artifact(meta)
-        return summary
+        return IndexSummary.of(summary, kind=ctx.cfg.retrieval.index.kind)
 
-    # Search-time settings (efSearch, nprobe, GPU placement) do not change what is built.
-    built = ctx.cfg.retrieval.index.model_dump(mode="json", exclude=index.SEARCH_TIME_KEYS)
-    return run_stage(ctx, "index", config_paths=["retrieval.embedder"], upstream=[corpus], extra_key={"index": built},
-                     sources=["searchr1.retrieval"],
-                     build=build, resumable=True)
+    return run_stage(ctx, "index", config_paths=[], upstream=[corpus], build=build, resumable=True,
+                     extra_key=index_key(ctx.cfg))

@@ -3,8 +3,9 @@
 from prefect import task
 from prefect.cache_policies import NONE
 
-from searchr1.cache import StageOutput
 from searchr1.corpus import build
+from searchr1.stage_cache import StageOutput
+from searchr1.summaries import QuestionsSummary
 from tasks._stage import PipelineContext, run_stage
 
 
@@ -12,5 +13,4 @@ from tasks._stage import PipelineContext, run_stage
 def questions_task(ctx: PipelineContext) -> StageOutput:
     # Synthetic questions are drawn from the same world as the corpus, hence corpus.synthetic.
     return run_stage(ctx, "questions", config_paths=["corpus.synthetic", "questions", "run.seed"], upstream=[],
-                     sources=["searchr1.corpus"],
-                     build=lambda work, run: build.build_question_sets(ctx.cfg, work))
+                     build=lambda work, run: QuestionsSummary.of(build.build_question_sets(ctx.cfg, work)))

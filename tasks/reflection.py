@@ -3,7 +3,8 @@
 from prefect import task
 from prefect.cache_policies import NONE
 
-from searchr1.cache import StageOutput
+from searchr1.stage_cache import StageOutput
+from searchr1.summaries import ReflectionSummary
 from tasks._stage import PipelineContext, run_stage
 
 
@@ -16,9 +17,9 @@ def reflection_task(ctx: PipelineContext, evaluation: StageOutput, train: StageO
         summary = analysis.analyse(evaluation.path, train.path, ctx.cfg.reflection, work, log_metrics=run)
         for png in sorted(work.glob("*.png")):
             run.log_artifact(png, "plots")
-        return summary
+        return ReflectionSummary.of(summary)
 
     return run_stage(ctx, "reflection", config_paths=["reflection"], upstream=[evaluation, train],
-                     sources=["searchr1.reflection"], build=build,
+                     build=build,
                      # the lexicon is data, not code: an edited phrase list must invalidate the analysis
                      extra_key={"lexicon": load_lexicon(ctx.cfg.reflection.lexicon_file).digest()})

@@ -6,11 +6,10 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
-from searchr1.cache import StageOutput
-from searchr1.tracking import committed_metrics
+from searchr1.stage_cache import StageOutput
+from searchr1.summaries import ReportSummary, read_summary
+from searchr1.tracking import committed_metrics, experiment_url, run_url
 from tasks._stage import PipelineContext, run_stage
-
-MLFLOW_UI = "http://127.0.0.1:5000"
 
 
 def _train_metrics(train: StageOutput) -> pd.DataFrame | None:
@@ -24,16 +23,16 @@ def report_task(ctx: PipelineContext, stages: dict[str, StageOutput]) -> StageOu
     from searchr1 import report
 
     parent = ctx.tracker.parent
-    links = {"pipeline run": f"{MLFLOW_UI}/{parent.url_path}"}
+    # base URL from $SEARCHR1_MLFLOW_UI / $MLFLOW_PORT (searchr1.tracking.ui_url)
+    links = {"pipeline run": parent.url, "all runs": experiment_url(ctx.tracker.experiment_id)}
     for r in ctx.tracker.child_runs():
-        links[r.data.tags.get("searchr1.stage", r.info.run_name)] = (
-            f"{MLFLOW_UI}/#/experiments/{r.info.experiment_id}/runs/{r.info.run_id}")
+        links[r.data.tags.get("searchr1.stage", r.info.run_name)] = run_url(r.info.experiment_id, r.info.run_id)
 
     def build(work, run):
         ev = stages["evaluate"].path
         paths = report.build_report(
             work, config=ctx.cfg.model_dump(mode="json"),
-            stages={name: s.summary for name, s in stages.items()},
+            stages={name: read_summary(name, s.summary) for name, s in stages.items()},
             results_md=ev / "results.md", results_png=ev / "results.png",
             analysis_dir=stages["reflection"].path, train_metrics=_train_metrics(stages["train"]),
             mlflow_links=links)
@@ -42,9 +41,9 @@ def report_task(ctx: PipelineContext, stages: dict[str, StageOutput]) -> StageOu
             parent.log_artifact(path, "report")
         create_markdown_artifact(paths["md"].read_text(), key="report",
                                  description="reproduce-search-r1 run report")
-        return {"files": {k: str(v) for k, v in paths.items()}}
+        return ReportSummary.of({}, files={k: v.name for k, v in paths.items()})  # names in the stage folder
 
     # The report links this pipeline run's MLflow runs, so it is keyed by the run id too.
     return run_stage(ctx, "report", config_paths=[], upstream=list(stages.values()),
-                     sources=["searchr1.report"], build=build,
+                     build=build,
                      extra_key={"pipeline_run_id": ctx.tracker.pipeline_run_id})

@@ -5,10 +5,11 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NONE
 
-from searchr1.cache import StageOutput
+from searchr1.stage_cache import StageOutput
+from searchr1.summaries import TrainSummary, WarmStartSummary
 from searchr1.tracking import CommittedMetrics
 from searchr1.training.checkpoints import list_checkpoints
-from tasks._stage import PipelineContext, run_stage
+from tasks._stage import PipelineContext, run_stage, searcher_key
 
 
 @task(name="train", cache_policy=NONE)
@@ -16,7 +17,7 @@ def train_task(ctx: PipelineContext, policy_path: Path | str, train_data: StageO
                index: StageOutput, start: StageOutput | None) -> StageOutput:
     from searchr1.training import train as training
 
-    init = start.path / "model" if start is not None else policy_path
+    init = start.path / WarmStartSummary.of(start.summary).model if start is not None else policy_path
 
     def build(work, run):
         def committed() -> int:
@@ -26,9 +27,12 @@ def train_task(ctx: PipelineContext, policy_path: Path | str, train_data: StageO
         log = CommittedMetrics(run, work, committed)  # no step is logged twice across a resume
         summary = training.train(init, train_data.path, index.path, ctx.cfg, work, log_metrics=log)
         log.finish()
-        return summary
+        done = list_checkpoints(work)  # the checkpoints on disk, named relative to the stage folder
+        return TrainSummary.of(summary, engine=ctx.cfg.training.engine, init=str(init), warm_started=start is not None,
+                               last_step=done[-1][0] if done else 0,
+                               checkpoints=[str(path.relative_to(work)) for _, path in done])
 
     upstream = [train_data, index] + ([start] if start is not None else [])
-    return run_stage(ctx, "train", config_paths=["training", "agent", "policy", "retrieval", "run.seed"],
-                     upstream=upstream, sources=["searchr1.training", "searchr1.agent", "searchr1.rewards"],
-                     build=build, resumable=True, extra_key={"init": str(init)})
+    return run_stage(ctx, "train", config_paths=["training", "agent", "policy", "run.seed"], upstream=upstream,
+                     build=build, resumable=True,
+                     extra_key={"init": str(init), "retrieval": searcher_key(ctx.cfg, server=True)})

@@ -5,9 +5,10 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NONE
 
-from searchr1.cache import StageOutput
 from searchr1.corpus.build import load_question_sets
-from tasks._stage import PipelineContext, run_stage
+from searchr1.stage_cache import StageOutput
+from searchr1.summaries import WarmStartSummary
+from tasks._stage import PipelineContext, run_stage, searcher_key
 
 
 @task(name="warm-start", cache_policy=NONE)
@@ -19,9 +20,9 @@ def warm_start_task(ctx: PipelineContext, policy_path: Path | str, questions: St
     def build(work, run):
         train = load_question_sets(questions.path, ctx.cfg.questions.train_benchmarks, "train")
         searcher = load_searcher(index.path, ctx.cfg.retrieval)
-        return warmstart.warm_start(policy_path, train, searcher, ctx.cfg, work, log_metrics=run)
+        summary = warmstart.warm_start(policy_path, train, searcher, ctx.cfg, work, log_metrics=run)
+        return WarmStartSummary.of(summary, model="model")  # relative: `work` is renamed on publish
 
     return run_stage(ctx, "warm-start",
-                     config_paths=["training.warm_start", "policy", "agent", "retrieval.topk", "run.seed"],
-                     upstream=[questions, index], sources=["searchr1.training.warmstart", "searchr1.agent.prompts"],
-                     build=build, extra_key={"policy_path": str(policy_path)})
+                     config_paths=["training.warm_start", "policy", "agent", "run.seed"], upstream=[questions, index],
+                     build=build, extra_key={"policy_path": str(policy_path), "retrieval": searcher_key(ctx.cfg)})

@@ -15,12 +15,44 @@ from searchr1.config import PipelineConfig
 from searchr1.reflection.analysis import analyse
 from searchr1.reflection.config import ReflectionConfig
 from searchr1.report import build_report, deviations, warm_start_used
+from searchr1.summaries import (
+    CorpusSummary,
+    EvaluateSummary,
+    IndexSummary,
+    QuestionsSummary,
+    ReflectionSummary,
+    SummaryError,
+    TrainSummary,
+    WarmStartSummary,
+    read_summary,
+)
 
 
 def _tiny_config() -> dict:
     cfg = PipelineConfig().model_dump(mode="json")
     cfg["training"]["warm_start"]["enabled"] = True
     return cfg
+
+
+def _train(warm_started: bool) -> TrainSummary:
+    return TrainSummary.of({"steps": 20, "seconds": 1.5}, engine="trl", init="model", warm_started=warm_started,
+                           last_step=20, checkpoints=["checkpoints/step-000020"])
+
+
+def _stages() -> dict:
+    """One summary per stage, as the stage tasks build them from what the library reports."""
+    return {
+        "corpus": CorpusSummary.of({"source": "synthetic", "passages": 1234, "shards": 1, "skipped_lines": 0,
+                                    "entities": 740}),
+        "questions": QuestionsSummary.of({"source": "synthetic", "counts": {"single_hop/test": 40},
+                                          "questions": 40, "skipped_lines": 0}),
+        "index": IndexSummary.of({"passages": 1234.0, "build_seconds": 2.5, "dims": 384.0}, kind="flat"),
+        "warm-start": WarmStartSummary.of({"steps": 12, "traces": 96, "loss_last": 0.4}),
+        "train": _train(True),
+        "evaluate": EvaluateSummary.of({"checkpoints": ["base", "step-000050"], "methods": ["search_agent"],
+                                        "benchmarks": ["single_hop"], "search_agent_average_em": {0: 0.3}}),
+        "reflection": ReflectionSummary.of({"n_checkpoints": 6, "verdict": "strong", "figures": []}),
+    }
 
 
 def _inputs(tmp_path):
@@ -53,11 +85,8 @@ def _inputs(tmp_path):
 
 def test_report_has_every_section_and_embeds_figures(tmp_path):
     eval_dir, analysis_dir, metrics = _inputs(tmp_path)
-    stages = {"corpus": {"n_passages": 1234, "source": "synthetic"}, "index": {"kind": "flat", "dim": 384},
-              "questions": {"benchmarks": ["single_hop", "bridge"]}, "warm-start": {"examples": 384},
-              "train": {"steps": 20, "warm_start": True}, "evaluate": {"checkpoints": 2}, "reflection": {}}
     out = tmp_path / "report"
-    paths = build_report(out, config=_tiny_config(), stages=stages, results_md=eval_dir / "results.md",
+    paths = build_report(out, config=_tiny_config(), stages=_stages(), results_md=eval_dir / "results.md",
                          results_png=eval_dir / "results.png", analysis_dir=analysis_dir, train_metrics=metrics,
                          mlflow_links={"pipeline run": "http://127.0.0.1:5000/#/experiments/1/runs/abc"})
     md = paths["md"].read_text()
@@ -66,7 +95,8 @@ def test_report_has_every_section_and_embeds_figures(tmp_path):
                     "## Appendix: full configuration"):
         assert heading in md, heading
     assert "Supervised warm start" in md and "SmolLM2-135M-Instruct" in md and "fictional world" in md
-    assert "1,234" in md                                # corpus facts from the stage summary
+    assert "fictional world (1,234 passages)" in md     # read from the typed corpus summary
+    assert "| dims | 384 |" in md                       # extra facts a library reported ride along
     assert "| nq | 0.10 | 39.7 | 40.6 |" in md          # the results table as produced by evaluation
     verdict = json.loads((analysis_dir / "analysis.json").read_text())["statistics"]["across_checkpoints"]["verdict"]
     assert verdict.startswith("strong positive relation") and verdict in md  # the analysis verdict
@@ -90,7 +120,7 @@ def test_report_without_optional_inputs(tmp_path):
     cfg["policy"]["model"] = "Qwen/Qwen2.5-3B-Instruct"
     cfg["training"]["engine"] = "verl"
     cfg["retrieval"]["embedder"]["model"] = "intfloat/e5-base-v2"
-    paths = build_report(tmp_path / "r", config=cfg, stages={"train": {"warm_start": False}}, results_md=None,
+    paths = build_report(tmp_path / "r", config=cfg, stages={"train": _train(False)}, results_md=None,
                          results_png=None, analysis_dir=None, train_metrics=None, mlflow_links={})
     md = paths["md"].read_text()
     assert "## Deviations" not in md  # the paper setup deviates in nothing the report knows about
@@ -98,17 +128,32 @@ def test_report_without_optional_inputs(tmp_path):
     assert paths["html"].is_file()
 
 
-@pytest.mark.parametrize("train, stages_extra, enabled, expected", [
-    ({"warm_start": True}, {}, False, True),
-    ({"warm_start": {"enabled": False}}, {}, True, False),
-    ({}, {"warm-start": {}}, False, True),
-    ({}, {}, True, True),
-    ({}, {}, False, False),
-])
-def test_warm_start_detection(train, stages_extra, enabled, expected):
+@pytest.mark.parametrize("warm_started, enabled", [(True, False), (False, True), (True, True), (False, False)])
+def test_warm_start_is_what_the_train_stage_says(warm_started, enabled):
     cfg = {"training": {"warm_start": {"enabled": enabled}}}
-    assert warm_start_used(cfg, {"train": train, **stages_extra}) is expected
-    assert any("warm start" in d for d in deviations(cfg, {"train": train, **stages_extra})) is expected
+    stages = {"train": _train(warm_started)}
+    assert warm_start_used(cfg, stages) is warm_started
+    assert any("warm start" in d for d in deviations(cfg, stages)) is warm_started
+
+
+@pytest.mark.parametrize("stages, enabled, expected", [({}, True, True), ({}, False, False),
+                                                      ({"warm-start": WarmStartSummary.of({"steps": 3})}, False, True)])
+def test_warm_start_before_training_ran(stages, enabled, expected):
+    assert warm_start_used({"training": {"warm_start": {"enabled": enabled}}}, stages) is expected
+
+
+def test_summaries_round_trip_through_the_manifest_json():
+    for name, summary in _stages().items():
+        again = read_summary(name, json.loads(json.dumps(summary.to_json())))
+        assert again == summary and type(again) is type(summary)
+    assert read_summary("evaluate", _stages()["evaluate"].to_json()).search_agent_average_em == {0: 0.3}
+
+
+def test_a_summary_missing_a_declared_field_names_the_stage_and_field():
+    with pytest.raises(SummaryError, match=r"train stage summary .*'warm_started': Field required"):
+        TrainSummary.of({"steps": 3}, engine="trl", init="m", last_step=3, checkpoints=[])
+    with pytest.raises(SummaryError, match="no summary type for stage 'nope'"):
+        read_summary("nope", {})
 
 
 def test_html_never_passes_markup_through(tmp_path):
