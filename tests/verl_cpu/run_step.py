@@ -69,11 +69,13 @@ CPU_OVERRIDES = [
     "+actor_rollout_ref.model.override_config.attn_implementation=sdpa",
     f"{A}use_torch_compile=false", "actor_rollout_ref.ref.use_torch_compile=false",
     f"{A}fsdp_config.use_torch_compile=false", "actor_rollout_ref.ref.fsdp_config.use_torch_compile=false",
-    f"{R}free_cache_engine=false",  # sleep mode: CUDA memory pools only
+    f"{R}free_cache_engine=false", f"+{R}enable_sleep_mode=false",  # sleep mode: CUDA memory pools only
+    f"{R}checkpoint_engine.update_weights_bucket_megabytes=512",
     f"{R}enforce_eager=true",  # no torch.compile warm-up in vLLM (minutes on 2 cores)
     f"{R}agent.num_workers=1",
     "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
-    "ray_kwargs.ray_init.num_cpus=8",
+    "reward.num_workers=1", "data.dataloader_num_workers=0",
+    "ray_kwargs.ray_init.num_cpus=16",  # logical slots for verl's actors; the machine has 2 cores
     "+ray_kwargs.ray_init.num_gpus=1",  # the Ray `GPU` placeholder the CPU platform asks for
     "trainer.val_before_train=false",
 ]
@@ -81,12 +83,10 @@ CPU_OVERRIDES = [
 # Stages, in order, and the log line that shows each was reached.
 STAGES = [
     ("ray_started", re.compile(r"Started a local Ray instance|ray init kwargs", re.I)),
-    ("actor_engine_ready", re.compile(r"(FSDP|fsdp).*(init|initialized)|Actor use_remove_padding|"
-                                      r"model_engine|engine initialized", re.I)),
-    ("vllm_server_started", re.compile(r"vLLM http server|Application startup complete|"
-                                       r"replica.*(started|ready)|init_standalone|server address", re.I)),
-    ("weight_sync", re.compile(r"Loading standard weights \(non-FP8, async\)|update_weights.*(done|finished)", re.I)),
-    ("rollout", re.compile(r"search/calls|agent_loop|num_turns", re.I)),
+    ("actor_engine_ready", re.compile(r"Total steps: \d+, num_warmup_steps")),  # the actor's optimizer is built
+    ("vllm_engine_init", re.compile(r"Initializing a V1 LLM engine")),
+    ("vllm_server_started", re.compile(r"init engine \(profile, create kv cache|Application startup complete")),
+    ("weight_sync", re.compile(r"Loading standard weights \(non-FP8, async\), loaded_params: [1-9]")),
     ("step_metrics", re.compile(r"^step:1 - ", re.M)),
 ]
 
@@ -160,8 +160,12 @@ def main(argv: list[str] | None = None) -> int:
         env = {**os.environ, **plan.env,
                "PYTHONPATH": os.pathsep.join(p for p in pythonpath if p),
                "VERL_USE_EXTERNAL_MODULES": "verl_cpu.plugin", "VERL_PLATFORM": "cpu",
+               # verl registers its FSDP engines for cuda/npu only; the engine code itself runs on
+               # get_device_name() ("cpu"), so select them under the cuda key
+               "VERL_ENGINE_DEVICE": "cuda",
                "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
-               "CUDA_VISIBLE_DEVICES": "", "RAY_DEDUP_LOGS": "0", "HF_HUB_OFFLINE": "1"}
+               "CUDA_VISIBLE_DEVICES": "", "RAY_DEDUP_LOGS": "0", "HF_HUB_OFFLINE": "1",
+               "VERL_LOGGING_LEVEL": "INFO"}
         cmd = [sys.executable, "-m", "verl.trainer.main_ppo", *overrides]
         (out / "command.json").write_text(json.dumps({"argv": cmd, "env": {k: env[k] for k in (
             "PYTHONPATH", "VERL_USE_EXTERNAL_MODULES", "VERL_PLATFORM", "VLLM_CPU_KVCACHE_SPACE")}}, indent=1))
