@@ -9,9 +9,10 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
 export TOKENIZERS_PARALLELISM := false
 PREFECT_PORT ?= 4200
-MLFLOW_PORT ?= 5000
+# exported: the runs' MLflow links (searchr1.tracking.ui_url) point at the UI `make mlflow-ui` starts
+export MLFLOW_PORT ?= 5000
 
-.PHONY: setup run test lint serve mlflow-ui bench clean
+.PHONY: setup run test lint serve stop mlflow-ui bench clean
 
 $(VENV)/.installed: pyproject.toml requirements-cpu.lock
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +29,11 @@ $(VENV)/.installed: pyproject.toml requirements-cpu.lock
 
 setup: $(VENV)/.installed
 
+# An empty PREFECT_API_URL (unless you export one) overrides any profile value: each run starts its own
+# temporary server and never depends on `make serve`.
 run: setup
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m flows.reproduce --config configs/tiny.yaml $(ARGS)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PREFECT_API_URL="$${PREFECT_API_URL:-}" \
+	  $(PY) -m flows.reproduce --config configs/tiny.yaml $(ARGS)
 
 test: setup
 	$(VENV)/bin/ruff check .
@@ -38,12 +42,14 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
-# A Prefect server on 127.0.0.1 plus the process that serves both deployments. Then, elsewhere:
-#   PREFECT_HOME=$(PWD)/.prefect .venv/bin/prefect deployment run reproduce-search-r1/tiny
+# A Prefect server on 127.0.0.1 (reused if healthy) plus the processes serving both deployments, in the
+# background (flows/serve.py; pids and logs in .prefect/). Then, elsewhere:
+#   PREFECT_API_URL=http://127.0.0.1:4200/api .venv/bin/prefect deployment run reproduce-search-r1/tiny
 serve: setup
-	$(VENV)/bin/prefect config set PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api >/dev/null
-	$(VENV)/bin/prefect server start --background --host 127.0.0.1 --port $(PREFECT_PORT) --analytics-off
-	HF_HUB_OFFLINE=1 $(PY) -m flows.deploy
+	PREFECT_PORT=$(PREFECT_PORT) $(PY) -m flows.serve start
+
+stop:
+	PREFECT_PORT=$(PREFECT_PORT) $(PY) -m flows.serve stop
 
 mlflow-ui: setup
 	$(VENV)/bin/mlflow server --backend-store-uri sqlite:///$(CURDIR)/artifacts/mlflow.db \

@@ -1,0 +1,8 @@
+"""Orchestration: the Prefect flow, its deployments, the local server, the fault-injection driver."""
+
+import os
+
+# Set before Prefect reads its settings. A run without PREFECT_API_URL starts a temporary server and
+# waits 20 s for it by default; on a loaded machine (two runs, 2 cores) that start took longer and
+# both runs died. A value already in the environment wins.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")

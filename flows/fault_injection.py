@@ -1,7 +1,8 @@
 """Kill the pipeline with SIGKILL inside each stage in turn, resume, and check that nothing was lost.
 
-    python -m flows.fault_injection --out artifacts/fault-injection            # every kill point
-    python -m flows.fault_injection --out /tmp/fi --until train-data --points corpus.after_shard
+    searchr1 fault-injection --out artifacts/fault-injection            # every kill point
+    searchr1 fault-injection --out /tmp/fi --until train-data --points corpus.after_shard
+    (or python -m flows.fault_injection with the same arguments)
 
 One pipeline run id is driven through the whole chain: attempt k is killed at point k (a real
 SIGKILL of the process running the flow: no cleanup, like a preempted node), attempt k+1 resumes
@@ -24,6 +25,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -46,12 +48,13 @@ SMALL = [
 ]
 
 
-def _attempt(artifacts: Path, run_id: str, until: str, fault: str | None, log: Path) -> int:
+def _attempt(artifacts: Path, run_id: str, until: str, fault: str | None, log: Path,
+             overrides: Sequence[str] = ()) -> int:
     env = {k: v for k, v in os.environ.items() if k != "SEARCHR1_FAULT"}
     if fault:
         env["SEARCHR1_FAULT"] = fault
     cmd = [sys.executable, "-m", "flows.reproduce", "--run-id", run_id, "--until", until,
-           f"run.artifacts_dir={artifacts}", *SMALL]
+           f"run.artifacts_dir={artifacts}", *SMALL, *overrides]
     with log.open("a") as fh:
         fh.write(f"\n$ SEARCHR1_FAULT={fault} {' '.join(cmd)}\n")
         fh.flush()
@@ -139,7 +142,7 @@ def _mlflow_checks(artifacts: Path, run_id: str) -> dict:
     return {"parent_runs": len(parents), "duplicated_train_steps": duplicated}
 
 
-def run_chain(out: Path, points: list[str], until: str) -> dict:
+def run_chain(out: Path, points: list[str], until: str, overrides: Sequence[str] = ()) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     chaos, reference, log = out / "interrupted", out / "reference", out / "attempts.log"
     run_id = f"fault-injection-{int(time.time())}"
@@ -148,7 +151,7 @@ def run_chain(out: Path, points: list[str], until: str) -> dict:
         once = out / f"fired-{point}"
         before = _ledger(chaos, run_id)
         t0 = time.time()
-        rc = _attempt(chaos, run_id, until, f"{point}:kill:{once}", log)
+        rc = _attempt(chaos, run_id, until, f"{point}:kill:{once}", log, overrides)
         after = _ledger(chaos, run_id)[len(before):]
         fired = once.exists()
         started = [r for r in after if r["status"] == "started"]
@@ -160,13 +163,13 @@ def run_chain(out: Path, points: list[str], until: str) -> dict:
                      "lost_seconds": round(lost, 1), "attempt_seconds": round(time.time() - t0, 1),
                      "complete_looking_leftovers": incomplete_outputs(chaos)})
         print(json.dumps(rows[-1]), flush=True)
-    rc = _attempt(chaos, run_id, until, None, log)
+    rc = _attempt(chaos, run_id, until, None, log, overrides)
     final = _ledger(chaos, run_id)
     for r in rows:
         if r["fired"] and r["killed_stage"]:
             killed_at = (out / f"fired-{r['point']}").stat().st_mtime
             r["redone_seconds"] = redone_seconds(final, r["killed_stage"], killed_at)
-    rc_ref = _attempt(reference, "reference", until, None, log)
+    rc_ref = _attempt(reference, "reference", until, None, log, overrides)
     fp_chaos, fp_ref = stage_fingerprints(chaos), stage_fingerprints(reference)
     equal = {stage: fp_chaos.get(stage) == fp_ref.get(stage) for stage in sorted(set(fp_chaos) | set(fp_ref))
              if stage != "report"}  # the report links its own MLflow runs
@@ -195,17 +198,34 @@ def markdown(s: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=PROJECT / "artifacts" / "fault-injection")
-    ap.add_argument("--until", default="report")
-    ap.add_argument("--points", nargs="*", default=None, help="kill points (default: all up to --until)")
-    args = ap.parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m flows.fault_injection") -> int:
     from flows.reproduce import STAGES
 
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=PROJECT / "artifacts" / "fault-injection")
+    ap.add_argument("--until", default="report", choices=STAGES, metavar="STAGE",
+                    help=f"last stage of the chain: {', '.join(STAGES)} (default: %(default)s)")
+    ap.add_argument("--points", action="extend", type=lambda text: text.split(","), default=None, metavar="P1,P2",
+                    help=f"kill points, comma-separated or repeated (default: all up to --until): {', '.join(POINTS)}")
+    ap.add_argument("overrides", nargs="*", metavar="key.sub=value",
+                    help="config overrides on top of the shrunk tiny profile this check runs")
+    args = ap.parse_intermixed_args(argv)
     allowed = STAGES[: STAGES.index(args.until) + 1]
+    unknown = [p for p in args.points or [] if p not in POINTS]
+    late = [p for p in args.points or [] if p in POINTS and p.split(".")[0] not in allowed]
+    if unknown or late:
+        what = f"unknown kill point(s) {', '.join(unknown)}; expected some of {', '.join(POINTS)}" if unknown else \
+            f"kill point(s) {', '.join(late)} lie after --until {args.until}"
+        ap.error(f"--points: {what}")
+    from searchr1.config import ConfigError, load_config
+
+    try:  # a wrong key fails here, not in the first of many attempts
+        load_config(PROJECT / "configs" / "tiny.yaml", [*SMALL, *args.overrides])
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     points = args.points or [p for p in POINTS if p.split(".")[0] in allowed]
-    summary = run_chain(args.out.resolve(), points, args.until)
+    summary = run_chain(args.out.resolve(), points, args.until, args.overrides)
     print(markdown(summary))
     ok = (summary["final_exit"] == 0 and all(summary["equal_to_reference"].values())
           and summary["mlflow"]["parent_runs"] == 1 and not summary["leftovers"])

@@ -1,23 +1,27 @@
 """The `reproduce-search-r1` flow: corpus → index → train data → (warm start) → GRPO → evaluate every
 checkpoint → reflective-phrase analysis → report. Orchestration only; every stage is a task in tasks/.
 
-Run it: `python -m flows.reproduce --config configs/tiny.yaml [key.sub=value ...]`, or through a
-deployment: `prefect deployment run reproduce-search-r1/tiny`.
+Run it: `searchr1 run [--config configs/tiny.yaml] [key.sub=value ...]` (or `python -m flows.reproduce`
+with the same arguments), or through a deployment: `prefect deployment run reproduce-search-r1/tiny`.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
+from typing import Literal, get_args
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
+from prefect.states import State
 
-from searchr1.config import PipelineConfig, digest, load_config
+from flows import quiet, run_artifacts
+from searchr1.config import ConfigError, PipelineConfig, digest, load_config
 from searchr1.models import check_available, resolve_policy
-from searchr1.tracking import PipelineTracker
-from tasks._stage import PipelineContext
+from searchr1.tracking import PipelineTracker, headline_metrics, run_label
+from tasks._stage import PipelineContext, StageOutput
 from tasks.corpus import corpus_task
 from tasks.evaluate import evaluate_task
 from tasks.index import index_task
@@ -29,7 +33,13 @@ from tasks.train_data import train_data_task
 from tasks.warm_start import warm_start_task
 
 PROJECT = Path(__file__).resolve().parents[1]
-STAGES = ("corpus", "questions", "index", "train-data", "warm-start", "train", "evaluate", "reflection", "report")
+# A Literal, so that Prefect refuses a wrong `until` when the run is created (the deployment's
+# parameter schema lists these), not half a minute later inside the flow.
+Stage = Literal["corpus", "questions", "index", "train-data", "warm-start", "train", "evaluate", "reflection",
+                "report"]
+STAGES: tuple[str, ...] = get_args(Stage)
+
+quiet.install()
 
 
 def _resolve(path: str) -> Path:
@@ -48,31 +58,51 @@ def prepare(config: str, overrides: list[str]) -> PipelineConfig:
     return cfg
 
 
-@flow(name="reproduce-search-r1", log_prints=True)
+def _profile(config: str, overrides: list[str] | None) -> str:
+    try:
+        return load_config(_resolve(config), overrides or []).run.name
+    except (ConfigError, OSError):
+        return Path(config).stem  # the run fails on the same error a moment later, with the full message
+
+
+def _flow_run_name() -> str:
+    """`<profile>-<short pipeline run id>`, the same name as the MLflow parent run."""
+    params = flow_run.parameters
+    run_id = params.get("pipeline_run_id") or str(flow_run.id)
+    return run_label(_profile(params.get("config", "configs/tiny.yaml"), params.get("overrides")), run_id)
+
+
+@flow(name="reproduce-search-r1", log_prints=True, flow_run_name=_flow_run_name)
 def reproduce(config: str = "configs/tiny.yaml", overrides: list[str] | None = None,
-              pipeline_run_id: str | None = None, until: str = "report") -> dict[str, str]:
+              pipeline_run_id: str | None = None, until: Stage = "report") -> dict[str, str]:
     """Run (or resume) the whole pipeline; returns {stage: output directory}.
 
+    config: a profile's YAML (configs/tiny.yaml, configs/paper.yaml) or any other config file.
+    overrides: key.sub=value strings, e.g. ["training.grpo.steps=5"].
     pipeline_run_id: stages, MLflow parent run and resume state are attached to it; defaults to this
     Prefect flow run's id, which `prefect flow-run retry` keeps.
     until: stop after this stage (e.g. "index" to only prepare retrieval).
     """
-    if until not in STAGES:
-        raise ValueError(f"until={until!r}: expected one of {', '.join(STAGES)}")
+    started = time.time()
     cfg = prepare(config, overrides or [])  # a bad config fails here, before any stage runs
     logger = get_run_logger()
     run_id = pipeline_run_id or str(flow_run.id or "local")
     tracker = PipelineTracker(cfg.run.artifacts_dir, cfg.run.experiment, run_id)
     cfg_json = cfg.model_dump(mode="json")
+    source = config + (f" + {len(overrides)} override(s)" if overrides else "")
     parent = tracker.open(cfg_json, digest(cfg_json), flow_run_id=str(flow_run.id) if flow_run.id else None,
-                          flow_run_url=flow_run.ui_url)
+                          flow_run_url=flow_run.ui_url, config_source=source)
     ctx = PipelineContext(cfg, tracker, cfg.run.artifacts_dir / "runs" / run_id)
-    logger.info("pipeline run %s (MLflow parent run %s), artifacts in %s", run_id, parent.run_id,
+    label = run_label(cfg.run.name, run_id)
+    logger.info("pipeline run %s (%s; MLflow parent run %s), artifacts in %s", run_id, label, parent.url,
                 cfg.run.artifacts_dir)
     done: dict = {}
 
     def finished(name: str, output) -> bool:
-        done[name] = output
+        done[name] = output = _output(output)
+        if name in ("evaluate", "reflection"):  # the numbers the runs table shows, as soon as they exist
+            reflection = done.get("reflection")
+            tracker.log_headline(headline_metrics(done["evaluate"].path, reflection.path if reflection else None))
         return name == until
 
     try:
@@ -85,7 +115,7 @@ def reproduce(config: str = "configs/tiny.yaml", overrides: list[str] | None = N
         policy = resolve_policy(cfg.policy, cfg.run.artifacts_dir)
         start = None
         if cfg.training.warm_start.enabled:
-            start = warm_start_task(ctx, policy, done["questions"], done["index"])
+            start = _output(warm_start_task(ctx, policy, done["questions"], done["index"]))
             done["warm-start"] = start
         if until == "warm-start" or finished("train", train_task(ctx, policy, done["train-data"], done["index"],
                                                                  start)):
@@ -94,13 +124,24 @@ def reproduce(config: str = "configs/tiny.yaml", overrides: list[str] | None = N
             return _paths(done, parent)
         if finished("reflection", reflection_task(ctx, done["evaluate"], done["train"])):
             return _paths(done, parent)
-        report = report_task(ctx, dict(done))
+        report = _output(report_task(ctx, dict(done)))
         done["report"] = report
         print(f"Report: {report.path / 'report.html'}")
         return _paths(done, parent)
     except BaseException:
         parent.end("FAILED")
         raise
+    finally:  # cached, finished or failed: the run page links its results and lists its stages
+        report_file = done["report"].path / "report.html" if "report" in done else None
+        try:
+            run_artifacts.publish(ctx.run_dir, STAGES, started, parent.url, report_file, label)
+        except Exception as exc:  # the results exist either way; never fail a run over its links
+            logger.warning("could not publish the run's Prefect artifacts: %r", exc)
+
+
+def _output(value: StageOutput | State) -> StageOutput:
+    """A task that reused its stage returns a `Cached` state (so the UI shows it); its value is the output."""
+    return value.result() if isinstance(value, State) else value
 
 
 def _paths(done: dict, parent) -> dict[str, str]:
@@ -108,14 +149,16 @@ def _paths(done: dict, parent) -> dict[str, str]:
     return {name: str(out.path) for name, out in done.items()}
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Run the reproduce-search-r1 flow locally.")
-    ap.add_argument("--config", default="configs/tiny.yaml")
+def main(argv: list[str] | None = None, prog: str = "python -m flows.reproduce") -> int:
+    ap = argparse.ArgumentParser(prog=prog, description="Run (or resume) the reproduce-search-r1 flow in this "
+                                 "process; Prefect starts a temporary server unless PREFECT_API_URL names one.")
+    ap.add_argument("--config", default="configs/tiny.yaml", help="profile YAML (default: %(default)s)")
     ap.add_argument("--run-id", default=None, help="pipeline run id to resume (default: a new one)")
-    ap.add_argument("--until", default="report", choices=STAGES)
-    ap.add_argument("overrides", nargs="*", help="key.sub=value")
-    args = ap.parse_args(argv)
-    from searchr1.config import ConfigError
+    ap.add_argument("--until", default="report", choices=STAGES, metavar="STAGE",
+                    help=f"stop after this stage: {', '.join(STAGES)} (default: %(default)s)")
+    ap.add_argument("overrides", nargs="*", metavar="key.sub=value",
+                    help="config overrides, e.g. training.grpo.steps=5")
+    args = ap.parse_intermixed_args(argv)
     from searchr1.corpus.jsonl import DataError
     from searchr1.models import ModelNotFoundError
 

@@ -1,7 +1,9 @@
 """Ask a checkpoint one question and print the whole multi-turn trace, like the seed's script.
 
-    python -m searchr1.ask "Who wrote The Glass Orchard?" --model artifacts/.../checkpoint-20 --index DIR
-    python -m searchr1.ask "..." --retriever-url http://127.0.0.1:8000     # a running retrieval server
+    searchr1 ask "Who wrote The Glass Orchard?" --model artifacts/.../checkpoint-20 --index DIR
+    searchr1 ask "..." --retriever-url http://127.0.0.1:8000 agent.max_turns=2   # a running retrieval server
+
+(`python -m searchr1.ask` takes the same arguments.) Config overrides are positional key.sub=value words.
 
 Retrieval is local: a built index directory or the retrieval server. (The seed searched the web
 with DuckDuckGo; that needs network access and is not offered here.)
@@ -36,8 +38,8 @@ def print_trace(rollout: Rollout, out=sys.stdout) -> None:
         print("format issues: " + ", ".join(f"{k}={v}" for k, v in sorted(rollout.issues.items())), file=out)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m searchr1.ask", description=__doc__,
+def main(argv: list[str] | None = None, prog: str = "python -m searchr1.ask") -> int:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("question")
     ap.add_argument("--model", help="HF checkpoint folder (default: the config's base policy)")
@@ -45,10 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--index", type=Path, help="index directory built by the index stage")
     where.add_argument("--retriever-url", help="retrieval server, e.g. http://127.0.0.1:8000")
     ap.add_argument("--config", default="configs/tiny.yaml", help="pipeline config (agent/policy/retrieval)")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="config override, e.g. --set agent.max_turns=2 (repeatable)")
     ap.add_argument("--sample", action="store_true", help="sample at agent.temperature instead of greedy")
-    args = ap.parse_args(argv)
+    ap.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. agent.max_turns=2")
+    args = ap.parse_intermixed_args(argv)
     cfg = load_config_for_cli(args.config, args.overrides)
     if cfg is None:
         return 2

@@ -374,8 +374,8 @@ def build_report(out_dir: Path, *, config: dict, stages: Mapping[str, StageSumma
 
     md += ["## MLflow runs", ""]
     md += [f"- [{name}]({url})" for name, url in mlflow_links.items()] or ["_none recorded_"]
-    md += ["", "Start the UI with `mlflow server --backend-store-uri sqlite:///$PWD/artifacts/mlflow.db "
-           "--host 127.0.0.1 --workers 1` to follow these links.", ""]
+    md += ["", "Start the UI with `make mlflow-ui` to follow these links (they point at $SEARCHR1_MLFLOW_UI, "
+           "default http://127.0.0.1:$MLFLOW_PORT, port 5000).", ""]
 
     md += ["## Appendix: full configuration", "", "```yaml",
            yaml.safe_dump(config, sort_keys=False, default_flow_style=False).strip(), "```", ""]

@@ -20,6 +20,8 @@ def train_task(ctx: PipelineContext, policy_path: Path | str, train_data: StageO
     init = start.path / WarmStartSummary.of(start.summary).model if start is not None else policy_path
 
     def build(work, run):
+        run.expect_steps(ctx.cfg.training.grpo.steps)  # for the progress line's ETA
+
         def committed() -> int:
             done = list_checkpoints(work)
             return done[-1][0] if done else 0

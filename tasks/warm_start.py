@@ -18,6 +18,8 @@ def warm_start_task(ctx: PipelineContext, policy_path: Path | str, questions: St
     from searchr1.training import warmstart
 
     def build(work, run):
+        ws = ctx.cfg.training.warm_start
+        run.expect_steps(-(-ws.n_examples // ws.batch_size) * ws.epochs)  # at most; fewer if traces are dropped
         train = load_question_sets(questions.path, ctx.cfg.questions.train_benchmarks, "train")
         searcher = load_searcher(index.path, ctx.cfg.retrieval)
         summary = warmstart.warm_start(policy_path, train, searcher, ctx.cfg, work, log_metrics=run)

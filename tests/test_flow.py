@@ -16,6 +16,7 @@ from flows.reproduce import reproduce
 from searchr1.tracking import PIPELINE_TAG, PipelineTracker
 
 PROJECT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # flows on a Prefect server, subprocesses
 SMALL = ["corpus.synthetic.n_people=40", "corpus.synthetic.n_places=10", "corpus.synthetic.n_organisations=8",
          "corpus.synthetic.n_works=20", "corpus.synthetic.questions_per_skill=20"]
 
@@ -62,6 +63,48 @@ def test_failed_stage_is_resumed_without_redoing_finished_ones(prefect_server, t
                                           f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
     attempts = {r.data.tags["searchr1.stage"]: r.data.tags["searchr1.attempts"] for r in children}
     assert attempts == {"corpus": "1", "questions": "2"}  # one child per stage, its retry re-opened it
+
+
+def _api(url: str, path: str, body: dict) -> list[dict]:
+    import httpx
+
+    r = httpx.post(f"{url}{path}", json=body, timeout=30)
+    r.raise_for_status()
+    return r.json()
+
+
+def test_prefect_and_mlflow_show_the_pipeline(prefect_server, tmp_path):
+    """Flow run and MLflow parent run named <profile>-<id>, reused stages in the Cached state, a link to
+    MLflow and a stage table on every run (cached or not), and a bad `until` refused before any stage."""
+    from searchr1.tracking import EXPERIMENT_KIND, NOTE_TAG
+
+    over = SMALL + [f"run.artifacts_dir={tmp_path}"]
+    reproduce(overrides=over, pipeline_run_id="show-1", until="questions")
+    reproduce(overrides=over, pipeline_run_id="show-2", until="questions")
+    for run_id, state in (("show-1", "Completed"), ("show-2", "Cached")):
+        (run,) = _api(prefect_server, "/flow_runs/filter", {"flow_runs": {"name": {"any_": [f"tiny-{run_id}"]}}})
+        tasks = _api(prefect_server, "/task_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}}})
+        assert sorted((t["task_key"].split("-")[0], t["state"]["name"]) for t in tasks) == [
+            ("corpus_task", state), ("questions_task", state)]
+        artifacts = {a["key"]: a for a in _api(prefect_server, "/artifacts/filter",
+                                               {"artifacts": {"flow_run_id": {"any_": [run["id"]]}}})}
+        assert {"mlflow-run", "stages"} <= set(artifacts)
+        assert "/#/experiments/" in artifacts["mlflow-run"]["data"]
+        table = artifacts["stages"]["data"]
+        rows = json.loads(table) if isinstance(table, str) else table
+        assert [(r["stage"], r["status"]) for r in rows] == [("corpus", "ran" if state == "Completed" else "cached"),
+                                                             ("questions", "ran" if state == "Completed" else "cached")]
+    tracker = PipelineTracker(tmp_path, "reproduce-search-r1", "show-2")
+    experiment = tracker.client.get_experiment(tracker.experiment_id)
+    assert EXPERIMENT_KIND.items() <= experiment.tags.items()
+    (parent,) = [r for r in tracker.client.search_runs([tracker.experiment_id], f"tags.`{PIPELINE_TAG}` = 'show-2'")
+                 if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.info.run_name == "tiny-show-2"
+    assert "show-2" in parent.data.tags[NOTE_TAG] and "configs/tiny.yaml" in parent.data.tags[NOTE_TAG]
+
+    with pytest.raises(Exception, match="until"):
+        reproduce(overrides=over, pipeline_run_id="show-3", until="evalute")
+    assert not (tmp_path / "runs" / "show-3").exists()
 
 
 def test_bad_config_fails_before_any_stage(tmp_path):

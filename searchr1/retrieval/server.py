@@ -10,7 +10,8 @@ each cost 32 encoder calls. Here every request joins a queue; one worker takes w
 waiting (plus anything that arrives within `batch_window_ms`, up to `max_batch_queries`) and
 answers it with one encoder call. Bad requests get a 4xx and a reason; the server never crashes.
 
-CLI: python -m searchr1.retrieval.server --index DIR [--config configs/tiny.yaml] [--host H] [--port P]
+CLI: searchr1 retriever serve --index DIR [--config configs/tiny.yaml] [--host H] [--port P] [key.sub=value ...]
+(or python -m searchr1.retrieval.server with the same arguments)
 """
 
 from __future__ import annotations
@@ -302,26 +303,30 @@ def _wait_ready(proc: subprocess.Popen, ready: Path, log_path: Path, timeout: fl
     raise TimeoutError(f"retrieval server not healthy after {timeout:.0f}s; log tail:\n{tail}")
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m searchr1.retrieval.server") -> int:
     from searchr1.config import apply_overrides, config_from_dict, load_config
 
-    p = argparse.ArgumentParser(prog="python -m searchr1.retrieval.server", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     p.add_argument("--index", type=Path, required=True, help="index directory written by build_index")
     p.add_argument("--config", type=Path, default=None, help="pipeline YAML (default: built-in defaults)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
     p.add_argument("--host", default=None, help="default: retrieval.server.host (127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="default: retrieval.server.port; 0 = any free port")
-    a = p.parse_args(argv)
-    if a.config is not None:
-        cfg = load_config(a.config, a.set)
-    else:
-        cfg = config_from_dict(apply_overrides({}, a.set), source="--set")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value",
+                   help="config overrides, e.g. retrieval.server.batch_window_ms=5")
+    a = p.parse_intermixed_args(argv)
     try:
+        if a.config is not None:
+            cfg = load_config(a.config, a.overrides)
+        else:
+            cfg = config_from_dict(apply_overrides({}, a.overrides), source="overrides")
+        if not a.index.is_dir():
+            raise FileNotFoundError(f"--index {a.index}: not a directory (expected an index stage folder)")
         serve(a.index, cfg.retrieval, a.host, a.port)
-    except (FileNotFoundError, ValueError, RuntimeError, OSError) as exc:  # bad index/config/port: no traceback
+    except (FileNotFoundError, ValueError, RuntimeError, OSError) as exc:  # bad config/index/port: no traceback
         print(f"error: {exc}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -212,7 +212,7 @@ def warm_start(policy_path: Path | str, questions: Mapping[str, Sequence[Questio
             step += 1
             tokens += int(attn.sum())
             losses.append(loss.item())
-            log_metrics({"warm_start/loss": losses[-1], "warm_start/tokens_per_s": tokens / (time.perf_counter() - t0)},
+            log_metrics({"warm-start/loss": losses[-1], "warm-start/tokens_per_s": tokens / (time.perf_counter() - t0)},
                         step)
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
