@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                # get_device_name() ("cpu"), so select them under the cuda key
                "VERL_ENGINE_DEVICE": "cuda",
                "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
-               "CUDA_VISIBLE_DEVICES": "", "RAY_DEDUP_LOGS": "0", "HF_HUB_OFFLINE": "1",
+               "RAY_DEDUP_LOGS": "0", "HF_HUB_OFFLINE": "1",
                "VERL_LOGGING_LEVEL": "INFO"}
         cmd = [sys.executable, "-m", "verl.trainer.main_ppo", *overrides]
         (out / "command.json").write_text(json.dumps({"argv": cmd, "env": {k: env[k] for k in (
