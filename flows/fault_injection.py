@@ -202,7 +202,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m flows.fault_injec
     from flows.reproduce import STAGES
 
     ap = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=PROJECT / "artifacts" / "fault-injection")
+    ap.add_argument("--out", type=Path, default=PROJECT / "artifacts" / "fault-injection",
+                    help="folder for the attempts, the reference run and the result tables (default: %(default)s)")
     ap.add_argument("--until", default="report", choices=STAGES, metavar="STAGE",
                     help=f"last stage of the chain: {', '.join(STAGES)} (default: %(default)s)")
     ap.add_argument("--points", action="extend", type=lambda text: text.split(","), default=None, metavar="P1,P2",

@@ -13,12 +13,11 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from searchr1.cache import atomic_file
+from searchr1.io import atomic_file, file_lock
 
 # Library code reports metrics through this callable and never needs to know about MLflow runs:
 # log_metrics({"reward/mean": 0.4}, step)
@@ -33,6 +32,12 @@ NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
 # `workflowType` (URL parameter, then browser storage), which the links below set.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 UI_ENV = "SEARCHR1_MLFLOW_UI"
+# A view of the runs table that the UI loads from an experiment tag when a link names its key (what its
+# "Share" button writes): the headline metric columns, newest runs first, recent pipeline runs expanded.
+VIEW_KEY = "searchr1-headline"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+_VIEW_EXPANDED_RUNS = 20
+EMPTY_VIEW = json.dumps({"orderByKey": "attributes.start_time", "orderByAsc": False, "selectedColumns": []})
 _MAX_PARAM_CHARS = 6000
 _SECRET_WORDS = ("token", "secret", "password", "api_key", "apikey", "credential")
 
@@ -61,8 +66,10 @@ def ui_url() -> str:
 
 
 def experiment_url(experiment_id: str) -> str:
-    """The experiment's runs table (3.17's UI opens a new experiment on its GenAI overview otherwise)."""
-    return f"{ui_url()}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    """The experiment's runs table, in the saved view that shows the headline metrics (3.17's UI opens a new
+    experiment on its GenAI overview otherwise, and its runs table shows no metric column by default)."""
+    return (f"{ui_url()}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+            f"&viewStateShareKey={VIEW_KEY}")
 
 
 def run_url(experiment_id: str, run_id: str) -> str:
@@ -95,9 +102,12 @@ def experiment_id(client, name: str, artifacts_dir: Path) -> str:
         if not EXPERIMENT_KIND.items() <= exp.tags.items():  # made by an older version of this module
             for key, value in EXPERIMENT_KIND.items():
                 client.set_experiment_tag(exp.experiment_id, key, value)
+        if VIEW_TAG not in exp.tags:
+            client.set_experiment_tag(exp.experiment_id, VIEW_TAG, EMPTY_VIEW)
         return exp.experiment_id
     location = (Path(artifacts_dir).resolve() / "mlartifacts").as_uri()
-    return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
+    # the saved view exists from the start, so experiment_url's link works before any headline is logged
+    return client.create_experiment(name, artifact_location=location, tags={**EXPERIMENT_KIND, VIEW_TAG: EMPTY_VIEW})
 
 
 def _quote(value: str) -> str:
@@ -216,7 +226,8 @@ class PipelineTracker:
     """The parent run of one pipeline run id; re-attached when that id is resumed."""
 
     def __init__(self, artifacts_dir: Path, experiment: str, pipeline_run_id: str):
-        with _store_lock(artifacts_dir):  # two first runs on a new sqlite store race on creating its tables
+        # two first runs on a new sqlite store race on creating its tables: one creates, the other waits
+        with file_lock(Path(artifacts_dir) / "mlflow.db.lock"):
             self.client = _client(artifacts_dir)
             self.experiment_id = experiment_id(self.client, experiment, artifacts_dir)
         self.pipeline_run_id = pipeline_run_id
@@ -265,6 +276,22 @@ class PipelineTracker:
         """The few numbers the runs table shows for a pipeline run (see headline_metrics)."""
         assert self.parent is not None, "open() the pipeline run first"
         self.parent.log_metrics(metrics)
+        self._update_view(metrics)
+
+    def _update_view(self, metrics: Mapping[str, float]) -> None:
+        """Add these metric columns and this parent run (expanded, its stage runs beneath) to the saved view."""
+        tags = self.client.get_experiment(self.experiment_id).tags
+        try:
+            old = json.loads(tags.get(VIEW_TAG, "{}"))
+        except json.JSONDecodeError:
+            old = {}
+        columns = list(old.get("selectedColumns", []))
+        columns += [c for c in (f"metrics.`{k}`" for k in sorted(metrics, key=_headline_order)) if c not in columns]
+        expanded = {k: v for k, v in old.get("runsExpanded", {}).items() if k != self.parent.run_id}
+        expanded = dict(list(expanded.items())[-(_VIEW_EXPANDED_RUNS - 1):]) | {self.parent.run_id: True}
+        view = {"orderByKey": "attributes.start_time", "orderByAsc": False, "selectedColumns": columns,
+                "runsExpanded": expanded}
+        self.client.set_experiment_tag(self.experiment_id, VIEW_TAG, json.dumps(view, separators=(",", ":")))
 
     def stage(self, stage: str, key: str) -> StageRun:
         """The child run for (stage, key): re-opened on a retry, created the first time."""
@@ -289,17 +316,9 @@ class PipelineTracker:
         return self._find(f"tags.`mlflow.parentRunId` = '{self.parent.run_id}'")
 
 
-@contextmanager
-def _store_lock(artifacts_dir: Path) -> Iterator[None]:
-    import fcntl
-
-    Path(artifacts_dir).mkdir(parents=True, exist_ok=True)
-    with open(Path(artifacts_dir) / "mlflow.db.lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def _headline_order(name: str) -> tuple[int, str]:
+    """Average exact match first, then the other headline numbers, then EM per benchmark."""
+    return (0 if name.endswith("/em/average") else 2 if "/em/" in name else 1, name)
 
 
 def describe(label: str, pipeline_run_id: str, config: Mapping[str, Any], config_source: str | None,

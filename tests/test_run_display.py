@@ -22,7 +22,7 @@ def test_run_labels_shorten_flow_run_uuids_only():
 def test_mlflow_links_follow_the_configured_ui(monkeypatch):
     monkeypatch.delenv("SEARCHR1_MLFLOW_UI", raising=False)
     monkeypatch.setenv("MLFLOW_PORT", "5055")
-    assert experiment_url("3") == "http://127.0.0.1:5055/#/experiments/3/runs?workflowType=machine_learning"
+    assert experiment_url("3").startswith("http://127.0.0.1:5055/#/experiments/3/runs?workflowType=machine_learning")
     monkeypatch.setenv("SEARCHR1_MLFLOW_UI", "https://mlflow.example.org/")
     assert run_url("3", "abc").startswith("https://mlflow.example.org/#/experiments/3/runs/abc?")
 
@@ -95,3 +95,25 @@ def test_dill_keeps_its_bytecode_listing_out_of_a_patched_print(monkeypatch):
     quiet.quiet_dill()
     assert set(dill.detect.nestedglobals(uses_globals)) == {"pd", "pytest"}
     assert logged == []
+
+
+def test_saved_view_shows_headline_columns_and_expands_recent_parents(tmp_path):
+    import json
+
+    from searchr1.tracking import EXPERIMENT_KIND, VIEW_TAG, PipelineTracker
+
+    config = {"run": {"name": "tiny"}, "notes": "a note"}
+    parents = []
+    for run_id in ("v-1", "v-2"):
+        tracker = PipelineTracker(tmp_path, "reproduce-search-r1", run_id)
+        parents.append(tracker.open(config, "digest").run_id)
+        tracker.log_headline({"headline/em/bridge": 0.5, "headline/em/average": 0.25,
+                              "headline/search_calls_per_question": 1.0})
+    tags = tracker.client.get_experiment(tracker.experiment_id).tags
+    assert EXPERIMENT_KIND.items() <= tags.items()
+    view = json.loads(tags[VIEW_TAG])
+    assert view["selectedColumns"] == ["metrics.`headline/em/average`", "metrics.`headline/search_calls_per_question`",
+                                       "metrics.`headline/em/bridge`"]  # each column once, average first
+    assert list(view["runsExpanded"]) == parents
+    run = tracker.client.get_run(parents[1])
+    assert run.info.run_name == "tiny-v-2" and run.data.metrics["headline/em/average"] == 0.25
