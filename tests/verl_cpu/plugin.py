@@ -192,5 +192,28 @@ def _keep_cpu_linear_weights() -> None:
     vllm_layer_utils.dispatch_cpu_unquantized_gemm = dispatch_keeping_weight
 
 
+def _plain_gloo() -> None:
+    """verl's default process-group backend is `cpu:gloo,<device>:<backend>`, which torch refuses as
+    `cpu:gloo,cpu:gloo`; on CPU it is plain gloo."""
+    from verl.utils import distributed
+
+    original = distributed.initialize_global_process_group_ray
+
+    def initialize(timeout_second: int | None = None, backend: str | None = None):
+        return original(timeout_second=timeout_second, backend=backend or "gloo")
+
+    distributed.initialize_global_process_group_ray = initialize
+
+
+def _no_trl_value_head() -> None:
+    """verl patches TRL's `AutoModelForCausalLMWithValueHead` whenever TRL is importable; TRL 1.16 (the
+    project's pin) has no such class, and a GRPO run without a critic never builds one."""
+    from verl.utils import import_utils
+
+    import_utils.is_trl_available = lambda: False
+
+
+_plain_gloo()
+_no_trl_value_head()
 if os.environ.get("VERL_CPU_KEEP_VLLM_WEIGHTS", "1") == "1":
     _keep_cpu_linear_weights()
