@@ -1,4 +1,9 @@
-"""Seconds per GRPO step and training tokens/s: our TRL settings vs TRL's defaults, same data and model.
+"""Seconds per GRPO step and training tokens/s, same data, model and rollouts per step.
+
+Baseline ("trl-tools", the default): TRL's built-in multi-turn tool loop, `GRPOTrainer(tools=[search])`, as
+`train_grpo` ran before rollouts moved to the evaluation loop (per-turn re-tokenisation, no KV cache across
+turns, completion budget 384 tokens, max_turns-1 tool iterations). Ours ("searchr1"): `train_grpo`, whose
+rollouts are the evaluation agent loop (`run_agent`, KV cache kept across turns) under the agent protocol.
 
 Baseline ("trl-default"): GRPOConfig as TRL ships it (bf16 autocast off on CPU, lr 1e-6, no KL term,
 no max_tool_calling_iterations limit, linear schedule, gradient checkpointing on) with only what the
@@ -10,6 +15,7 @@ and we quote the median step (the first is dropped: it warms caches).
     python benchmarks/bench_grpo_step.py --steps 4 --prompts 2 --group 4 --max-completion 128 \
         --policy artifacts/cache/warm-start/<key>/model
     python benchmarks/bench_grpo_step.py --compare bf16   # fp32 vs bf16 autocast, with log-prob drift
+    python benchmarks/bench_grpo_step.py --compare trl-default   # our settings vs TRL's GRPOConfig defaults
 """
 
 from __future__ import annotations
@@ -34,6 +40,58 @@ def run(label: str, cfg, policy, data_dir: Path, searcher, overrides: dict) -> d
     tps = statistics.median(h["perf/tokens_per_s"] for h in hist)
     print(f"{label:>12}: median {sec:7.1f} s/step, {tps:7.1f} tokens/s over {len(hist)} step(s)")
     return {"sec": sec, "tps": tps}
+
+
+def run_trl_tool_loop(cfg, policy, data_dir: Path, searcher) -> dict:
+    """The baseline: the same GRPO settings, rollouts by TRL's own tool loop over a function tool."""
+    import time
+
+    from datasets import Dataset
+
+    from searchr1.agent.protocol import AgentProtocol
+    from searchr1.training.data import read_trl_rows
+    from searchr1.training.grpo import grpo_args, load_for_training
+
+    proto = AgentProtocol.from_config(cfg.agent)
+    model, tok = load_for_training(policy, cfg)
+
+    def search(query_list: list[str]):
+        """Search a Wikipedia passage index and return the most relevant passages.
+
+        Args:
+            query_list: Fully-formed semantic queries.
+        """
+        return proto.observation(searcher.search(proto.queries_from_arguments({"query_list": query_list}),
+                                                 proto.topk), tok)
+
+    def exact_match(prompts, completions, golden_answers, **_):
+        own = ["".join(str(m.get("content") or "") for m in c if m.get("role") == "assistant") for c in completions]
+        return [proto.reward(text, g) for text, g in zip(own, golden_answers, strict=True)]
+
+    rows = [{**r, "prompt": proto.messages(r["prompt"])} for r in read_trl_rows(data_dir)]
+    steps: list[float] = []
+
+    from transformers import TrainerCallback
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            steps.append(time.perf_counter() - self.t0)
+
+    from trl import GRPOTrainer
+
+    with tempfile.TemporaryDirectory(prefix="bench-grpo-trl-tools-") as tmp:
+        args = grpo_args(cfg, Path(tmp), max_completion_length=384, max_tool_calling_iterations=cfg.agent.max_turns - 1,
+                         shuffle_dataset=False, save_strategy="no")
+        trainer = GRPOTrainer(model=model, reward_funcs=[exact_match], args=args, train_dataset=Dataset.from_list(rows),
+                              processing_class=tok, tools=[search], callbacks=[Timer()])
+        trainer.train()
+    hist = steps[1:] or steps
+    sec = statistics.median(hist)
+    print(f"{'trl-tools':>12}: median {sec:7.1f} s/step over {len(hist)} step(s)")
+    return {"sec": sec, "tps": float("nan")}
 
 
 def logprob_drift(policy: Path, traces: list, tools) -> str:
@@ -71,14 +129,13 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=2)
     ap.add_argument("--group", type=int, default=4)
     ap.add_argument("--max-completion", type=int, default=96)
-    ap.add_argument("--compare", choices=["trl-default", "bf16"], default="trl-default")
+    ap.add_argument("--compare", choices=["trl-tools", "trl-default", "bf16"], default="trl-tools")
     ap.add_argument("--policy", type=Path, default=None,
                     help="HF folder to start from, e.g. a warm-start stage's model/ (it calls the tool, so the "
                          "steps include searches); default: the profile's base policy")
     args = ap.parse_args()
 
     from searchr1.config import load_config
-    from searchr1.corpus.config import SyntheticWorldConfig
     from searchr1.corpus.synthetic import build_questions, build_world, render_passages
     from searchr1.models import resolve_policy
     from searchr1.training.data import build_train_data
@@ -88,14 +145,17 @@ def main() -> None:
         f"training.grpo.steps={args.steps}", f"training.grpo.save_every={args.steps}",
         f"training.grpo.prompts_per_step={args.prompts}", f"training.grpo.group_size={args.group}",
         f"agent.max_response_tokens={args.max_completion}"])
-    world_cfg = SyntheticWorldConfig()
+    world_cfg = cfg.corpus.synthetic
     world = build_world(world_cfg)
     searcher = WordOverlapSearcher([p for _, p in render_passages(world, world_cfg.seed)])
     train = {k: v["train"][:16] for k, v in build_questions(world, world_cfg).items()}
     policy = args.policy or resolve_policy(cfg.policy, ROOT / "artifacts")
     with tempfile.TemporaryDirectory(prefix="bench-grpo-data-") as tmp:
         build_train_data(train, cfg, Path(tmp))
-        if args.compare == "trl-default":
+        if args.compare == "trl-tools":
+            base = run_trl_tool_loop(cfg, policy, Path(tmp), searcher)
+            ours = {"searchr1": run("searchr1", cfg, policy, Path(tmp), searcher, {})}
+        elif args.compare == "trl-default":
             from trl import GRPOConfig
 
             d = GRPOConfig(output_dir=tmp, use_cpu=True, bf16=False)  # only its defaults are read
@@ -117,8 +177,9 @@ def main() -> None:
             base = run("fp32", cfg, policy, Path(tmp), searcher, {"bf16": False})
             ours = {"bf16": run("bf16", cfg, policy, Path(tmp), searcher, {"bf16": True})}
     for label, r in ours.items():
-        print(f"ratio {label} vs {'TRL defaults' if args.compare == 'trl-default' else 'fp32'}: "
-              f"{base['sec'] / r['sec']:.2f}x seconds/step, {r['tps'] / base['tps']:.2f}x tokens/s")
+        baseline = {"trl-tools": "TRL's tool loop", "trl-default": "TRL defaults", "bf16": "fp32"}[args.compare]
+        print(f"ratio {label} vs {baseline}: {base['sec'] / r['sec']:.2f}x seconds/step, "
+              f"{r['tps'] / base['tps']:.2f}x tokens/s")
 
 
 if __name__ == "__main__":

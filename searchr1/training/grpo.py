@@ -57,6 +57,7 @@ def make_rollout_func(searcher: Searcher, agent: AgentConfig, *, temperature: fl
         model, tok = trainer.model, trainer.processing_class
         was_training = model.training
         model.eval()  # generation with the KV cache; gradient checkpointing only applies in train mode
+        t0 = time.perf_counter()
         try:
             gen = TransformersGenerator(model, tok, greedy=False, temperature=temperature, top_p=top_p)
             questions = [{"id": "", "question": q, "golden_answers": []} for q in prompts]
@@ -64,8 +65,10 @@ def make_rollout_func(searcher: Searcher, agent: AgentConfig, *, temperature: fl
         finally:
             model.train(was_training)
         prompt_ids = [tok(r.prompt, add_special_tokens=False)["input_ids"] for r in rollouts]
+        # a scalar extra field reaches the reward function once per completion: the step's rollout time
         return {"prompt_ids": prompt_ids, "completion_ids": [r.completion_ids for r in rollouts],
-                "logprobs": None, "env_mask": [r.completion_mask for r in rollouts], "rollout": rollouts}
+                "logprobs": None, "env_mask": [r.completion_mask for r in rollouts], "rollout": rollouts,
+                "rollout_seconds": time.perf_counter() - t0}
 
     return rollout_func
 
@@ -85,7 +88,7 @@ class SearchR1Reward:
         self.pending: dict[int, dict[str, float]] = {}
 
     def __call__(self, prompts, completions, rollout: Sequence[Rollout] = (), golden_answers=None,
-                 question_id=None, benchmark=None, trainer_state=None, **_: Any) -> list[float]:
+                 question_id=None, benchmark=None, trainer_state=None, rollout_seconds=None, **_: Any) -> list[float]:
         step = (trainer_state.global_step if trainer_state is not None else 0) + 1
         rewards, rows = [], []
         for i, ro in enumerate(rollout):
@@ -94,6 +97,8 @@ class SearchR1Reward:
             rows.append(ro.to_row("train", step, METHOD, benchmark[i]))
         write_rollouts(rows, self.rollouts_dir / f"{step_name(step)}.parquet")
         self.pending[step] = step_metrics(rows)
+        if rollout_seconds:  # generation's share of the step (the rest: log-probs, reference, backward)
+            self.pending[step]["perf/rollout_seconds"] = float(rollout_seconds[0])
         return rewards
 
 
