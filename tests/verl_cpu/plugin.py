@@ -213,7 +213,19 @@ def _no_trl_value_head() -> None:
     import_utils.is_trl_available = lambda: False
 
 
+def _pin_memory_is_a_no_op() -> None:
+    """verl's FSDP2 reference model always gets `CPUOffloadPolicy(pin_memory=True)`; pinning needs an
+    accelerator, and on CPU an unpinned tensor is the same tensor."""
+    original = torch.Tensor.pin_memory
+
+    def pin_memory(self: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return original(self, *args, **kwargs) if torch.accelerator.is_available() else self
+
+    torch.Tensor.pin_memory = pin_memory  # type: ignore[method-assign]
+
+
 _plain_gloo()
 _no_trl_value_head()
+_pin_memory_is_a_no_op()
 if os.environ.get("VERL_CPU_KEEP_VLLM_WEIGHTS", "1") == "1":
     _keep_cpu_linear_weights()
