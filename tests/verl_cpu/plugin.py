@@ -224,8 +224,16 @@ def _pin_memory_is_a_no_op() -> None:
     torch.Tensor.pin_memory = pin_memory  # type: ignore[method-assign]
 
 
+def _fsdp_loads_to_cpu() -> None:
+    """verl's FSDP2 loader moves the model to `get_device_id()` (an index: 0 means accelerator 0)."""
+    from verl.utils import fsdp_utils
+
+    fsdp_utils.get_device_id = lambda: "cpu"
+
+
 _plain_gloo()
 _no_trl_value_head()
+_fsdp_loads_to_cpu()
 _pin_memory_is_a_no_op()
 if os.environ.get("VERL_CPU_KEEP_VLLM_WEIGHTS", "1") == "1":
     _keep_cpu_linear_weights()
