@@ -225,10 +225,11 @@ def _pin_memory_is_a_no_op() -> None:
 
 
 def _fsdp_loads_to_cpu() -> None:
-    """verl's FSDP2 loader moves the model to `get_device_id()` (an index: 0 means accelerator 0)."""
-    from verl.utils import fsdp_utils
+    """verl's FSDP2 code moves tensors to `get_device_id()` (an index: 0 means accelerator 0); on CPU the
+    device is "cpu" (the one f-string use, the IPC bucket, is off: the platform has no IPC)."""
+    from verl.utils import device, fsdp_utils
 
-    fsdp_utils.get_device_id = lambda: "cpu"
+    device.get_device_id = fsdp_utils.get_device_id = lambda: "cpu"
 
 
 _plain_gloo()

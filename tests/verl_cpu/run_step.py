@@ -84,8 +84,8 @@ CPU_OVERRIDES = [
 STAGES = [
     ("ray_started", re.compile(r"Started a local Ray instance|ray init kwargs", re.I)),
     ("actor_engine_ready", re.compile(r"Total steps: \d+, num_warmup_steps")),  # the actor's optimizer is built
-    ("vllm_engine_init", re.compile(r"Initializing a V1 LLM engine")),
-    ("vllm_server_started", re.compile(r"init engine \(profile, create kv cache|Application startup complete")),
+    ("vllm_server_started", re.compile(r"LLMServerManager: \[")),  # the trainer holds the server's address
+    ("ready_to_fit", re.compile(r"all initialize finished, ready to fit")),
     ("weight_sync", re.compile(r"Loading standard weights \(non-FP8, async\), loaded_params: [1-9]")),
     ("step_metrics", re.compile(r"^step:1 - ", re.M)),
 ]
