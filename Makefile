@@ -39,7 +39,7 @@ test: setup
 	$(VENV)/bin/ruff check .
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q $(ARGS)
 
-# The fast tier: no policy model, no flow or Prefect server, no subprocess (target: under 90 s on 2 cores)
+# The fast tier: no policy model, no flow or Prefect server, no server process (target: under 90 s on 2 cores)
 test-fast: setup
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q -m "not slow and not realdata" $(ARGS)
 

@@ -6,13 +6,14 @@ batches, per-shard atomic writes, FAISS flat index, metadata) into a fresh direc
 alternate so background load hits both alike; medians are quoted. Also checks that both give the
 same vectors.
 
-    python benchmarks/bench_indexing.py [--passages 600] [--rounds 3]
+    python benchmarks/bench_indexing.py [--passages 600] [--rounds 3] [--data ../shared/data]
+
+Generated passages are one sentence each, real wiki-18 ones ~100 words: quote rates with `--data`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -27,32 +28,31 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from searchr1.corpus.samples import DATA_ARG_HELP, open_samples  # noqa: E402
 from searchr1.retrieval.config import RetrievalConfig  # noqa: E402
 from searchr1.retrieval.embedder import load_embedder, resolve_model_path  # noqa: E402
 from searchr1.retrieval.index import build_index  # noqa: E402
-
-DATA = ROOT.parent / "shared" / "data" / "wiki18-format" / "flashrag_sample_1000.jsonl"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--passages", type=int, default=600)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--data", type=Path, default=None, help=DATA_ARG_HELP)
     a = p.parse_args()
-    if not DATA.is_file():
-        sys.exit(f"reference passages not found at {DATA}")
     from sentence_transformers import SentenceTransformer
 
-    rows = [json.loads(line) for line in DATA.open()][:a.passages]
-    texts = [r["contents"] for r in rows]
-    cfg = RetrievalConfig()
-    st = SentenceTransformer(resolve_model_path(cfg.embedder.model), device="cpu")
-    embedder = load_embedder(cfg.embedder)  # loaded once, like the model in the baseline
-    print(f"{len(texts)} real wiki-18 passages, embedder {cfg.embedder.model}, batch {cfg.embedder.batch_size}, "
-          f"{os.cpu_count()} cores, torch threads {__import__('torch').get_num_threads()}, "
-          f"load avg {os.getloadavg()[0]:.1f}")
-    ours, base, embed_only = [], [], []
     with tempfile.TemporaryDirectory(prefix="bench-indexing-") as tmp:
+        samples = open_samples(a.data, Path(tmp), a.passages)
+        rows = samples.passage_rows(a.passages)
+        texts = [r["contents"] for r in rows]
+        cfg = RetrievalConfig()
+        st = SentenceTransformer(resolve_model_path(cfg.embedder.model), device="cpu")
+        embedder = load_embedder(cfg.embedder)  # loaded once, like the model in the baseline
+        print(f"{len(texts)} {samples.origin} wiki-18-format passages ({samples.passages}), embedder "
+              f"{cfg.embedder.model}, batch {cfg.embedder.batch_size}, {os.cpu_count()} cores, torch threads "
+              f"{__import__('torch').get_num_threads()}, load avg {os.getloadavg()[0]:.1f}")
+        ours, base, embed_only = [], [], []
         corpus = Path(tmp) / "corpus" / "passages"
         corpus.mkdir(parents=True)
         pq.write_table(pa.Table.from_pylist(rows), corpus / "part-00000.parquet")

@@ -1,20 +1,20 @@
 """Recall@3 of HNSW and IVF-PQ against the exact flat index, on ~20k passages with the real embedder.
 
-Corpus: the 1,000 real wiki-18 passages plus synthetic filler passages ('"Title"\\ntext', text from a
-word-bigram chain trained on the real passages, ~45 words each, so it embeds like prose and
-costs less than real passages). Embeddings go through `build_index` into a persistent work
-directory, so a second run (or a run after a kill) reuses them. Queries: titles, "who is <title>"
-and short text spans from real and filler passages, encoded as queries. For each index kind the
+Corpus: 1,000 seed passages (generated ones, or with `--data` the real wiki-18 sample) plus
+filler passages ('"Title"\\ntext', text from a word-bigram chain trained on the seed passages,
+~45 words each, so it embeds like prose and costs less than real passages). Embeddings go through
+`build_index` into a persistent work directory, so a second run (or a run after a kill) reuses
+them. Queries: titles, "who is <title>" and short text spans from seed and filler passages,
+encoded as queries. For each index kind the
 script prints recall@3 vs flat (exact top-3 by brute force), search throughput and size, at the
 config's defaults and a small sweep of the search-time knob.
 
-    python benchmarks/bench_retrieval_recall.py [--passages 20000] [--queries 1000] [--threads 1]
+    python benchmarks/bench_retrieval_recall.py [--passages 20000] [--queries 1000] [--threads 1] [--data DIR]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: the box is shared
 
+from searchr1.corpus.samples import DATA_ARG_HELP, open_samples  # noqa: E402
 from searchr1.retrieval.config import IndexConfig, RetrievalConfig  # noqa: E402
 from searchr1.retrieval.embedder import load_embedder  # noqa: E402
 from searchr1.retrieval.embeddings import Embeddings  # noqa: E402
@@ -41,8 +42,6 @@ from searchr1.retrieval.faiss_index import (  # noqa: E402
     set_search_params,
 )
 from searchr1.retrieval.index import EMB_DIR, build_index  # noqa: E402
-
-DATA = ROOT.parent / "shared" / "data" / "wiki18-format" / "flashrag_sample_1000.jsonl"
 
 
 def filler_passages(real: list[dict], n: int, seed: int = 0) -> list[dict]:
@@ -101,25 +100,26 @@ def main() -> None:
     p.add_argument("--queries", type=int, default=1000)
     p.add_argument("--threads", type=int, default=1, help="torch threads for embedding (1 is best on a busy box)")
     p.add_argument("--work", type=Path, default=ROOT / "artifacts" / "bench" / "recall")
+    p.add_argument("--data", type=Path, default=None, help=DATA_ARG_HELP)
     a = p.parse_args()
-    if not DATA.is_file():
-        sys.exit(f"reference passages not found at {DATA}")
     import torch
 
     torch.set_num_threads(a.threads)
-    real = [json.loads(line) for line in DATA.open()]
+    samples = open_samples(a.data, a.work)
+    real = samples.passage_rows()
     rows = real + filler_passages(real, max(0, a.passages - len(real)))
-    corpus = a.work / f"corpus-{len(rows)}" / "passages"
+    corpus = a.work / f"corpus-{samples.origin}-{len(rows)}" / "passages"
     if not corpus.is_dir():
         corpus.mkdir(parents=True)
         for i in range(0, len(rows), 5000):
             pq.write_table(pa.Table.from_pylist(rows[i:i + 5000]), corpus / f"part-{i // 5000:05d}.parquet")
     cfg = RetrievalConfig()
-    out = a.work / f"index-{len(rows)}"
+    out = a.work / f"index-{samples.origin}-{len(rows)}"
     summary = build_index(corpus.parent, out, cfg)  # flat; embeddings kept under out/embeddings
     emb_paths = tuple(sorted((out / EMB_DIR).glob("part-*.npy")))
     emb = Embeddings(emb_paths, int(summary["passages"]), int(summary["dims"]))
-    print(f"corpus: {len(real)} real + {len(rows) - len(real)} filler = {emb.rows} passages, {emb.dim} dims; "
+    print(f"corpus: {len(real)} {samples.origin} + {len(rows) - len(real)} filler = {emb.rows} passages, "
+          f"{emb.dim} dims; "
           f"embedding {summary['embed_passages_per_s']:.1f} passages/s ({a.threads} torch thread(s))")
 
     embedder = load_embedder(cfg.embedder)
@@ -129,7 +129,8 @@ def main() -> None:
     exact = exact_topk(emb, q, k)
     flat = faiss.read_index(str(out / "index.faiss"))
     got, qps = timed_search(flat, q, k)
-    print(f"queries: {len(q)} ({len(q) // 2} from real passages, rest from filler); recall@{k} vs exact flat; "
+    print(f"queries: {len(q)} ({len(q) // 2} from {samples.origin} passages, rest from filler); "
+          f"recall@{k} vs exact flat; "
           f"search batch {len(q)}, faiss threads {faiss.omp_get_max_threads()}")
     print(f"  flat              recall@{k} {recall_at_k(got, exact):.4f}  {qps:9.0f} q/s")
 

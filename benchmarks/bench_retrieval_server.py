@@ -35,12 +35,10 @@ from pydantic import BaseModel
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from searchr1.corpus.samples import DATA_ARG_HELP, open_samples  # noqa: E402
 from searchr1.retrieval.config import RetrievalConfig  # noqa: E402
 from searchr1.retrieval.index import build_index  # noqa: E402
 from searchr1.retrieval.server import _wait_ready, running_server, server_env  # noqa: E402
-
-DATA = ROOT.parent / "shared" / "data" / "wiki18-format" / "flashrag_sample_1000.jsonl"
-
 
 # ------------------------------------------------------------------ the baseline server
 
@@ -207,17 +205,18 @@ def run_load(url: str, pid: int, queries: list[str], clients: int, topk: int) ->
 # ------------------------------------------------------------------ main
 
 
-def build_bench_index(work: Path, n_passages: int) -> tuple[Path, list[dict]]:
-    if not DATA.is_file():
-        sys.exit(f"reference passages not found at {DATA}")
-    rows = [json.loads(line) for line in DATA.open()][:n_passages]
-    corpus = work / f"corpus-{len(rows)}" / "passages"
+def build_bench_index(work: Path, n_passages: int, data: Path | None = None) -> tuple[Path, list[dict]]:
+    """A flat index over the first n passages of the reference samples in `data`, or of generated ones."""
+    samples = open_samples(data, work, n_passages)
+    rows = samples.passage_rows(n_passages)
+    corpus = work / f"corpus-{samples.origin}-{len(rows)}" / "passages"
     if not corpus.is_dir():
         corpus.mkdir(parents=True)
         pq.write_table(pa.Table.from_pylist(rows), corpus / "part-00000.parquet")
-    index_dir = work / f"index-{len(rows)}"
+    index_dir = work / f"index-{samples.origin}-{len(rows)}"
     summary = build_index(corpus.parent, index_dir, RetrievalConfig())  # reused when already built
-    print(f"index: {summary['passages']:.0f} passages, flat, {summary['dims']:.0f} dims ({index_dir})")
+    print(f"index: {summary['passages']:.0f} {samples.origin} passages ({samples.passages}), flat, "
+          f"{summary['dims']:.0f} dims ({index_dir})")
     return index_dir, rows
 
 
@@ -230,6 +229,7 @@ def main() -> None:
     p.add_argument("--passages", type=int, default=1000)
     p.add_argument("--threads", type=int, default=None, help="torch threads per server (default: torch's)")
     p.add_argument("--work", type=Path, default=ROOT / "artifacts" / "bench" / "retrieval")
+    p.add_argument("--data", type=Path, default=None, help=DATA_ARG_HELP)
     p.add_argument("--serve-baseline", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -237,7 +237,7 @@ def main() -> None:
         serve_baseline(a.serve_baseline, a.ready_file, a.threads)
         return
 
-    index_dir, rows = build_bench_index(a.work, a.passages)
+    index_dir, rows = build_bench_index(a.work, a.passages, a.data)
     queries = make_queries(rows, a.queries)
     print(f"load: {len(queries)} distinct queries x {a.rounds} rounds per server, {a.clients} concurrent "
           f"clients, 1 query/request, topk={a.topk}; {os.cpu_count()} CPU cores, torch threads per server: "

@@ -3,10 +3,10 @@
 Baseline ("seed loop"): one question at a time, and every turn re-encodes the whole history
 string and runs generate on it from scratch, as the seed's inference script does.
 Ours: `TransformersGenerator`, all questions of a batch together, left padding, the KV cache
-kept across turns. Same model (SmolLM2-135M, the tiny profile's policy), same questions (NQ
-sample, FlashRAG format), same retriever, greedy decoding, same conversation logic (both run
-through `run_agent`, so only the generation strategy differs). Prints questions/s of each, the
-ratio, and how many full responses are identical.
+kept across turns. Same model (SmolLM2-135M, the tiny profile's policy), same questions (FlashRAG
+format: generated, or with `--data DIR` the real NQ sample), same retriever, greedy decoding, same
+conversation logic (both run through `run_agent`, so only the generation strategy differs).
+Prints questions/s of each, the ratio, and how many full responses are identical.
 
     PYTHONPATH=. python benchmarks/bench_rollout.py [--batch 16] [--style search_r1] [--max-new 48] [--turns 3]
 
@@ -18,10 +18,10 @@ with an "invalid action" hint and continues: several turns, so cache reuse is ex
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import statistics
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,10 +31,9 @@ import torch
 from searchr1.agent.config import AgentConfig, PolicyConfig
 from searchr1.agent.generators import TransformersGenerator, TurnOutput, cut_turn, end_token_ids
 from searchr1.agent.rollout import run_agent
+from searchr1.corpus.samples import DATA_ARG_HELP, open_samples
 from searchr1.models import load_policy, resolve_policy
 from searchr1.retrieval.base import Hit
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 class SeedLoopGenerator:
@@ -72,10 +71,10 @@ class SeedLoopGenerator:
 
 
 class WordOverlapSearcher:
-    """Deterministic in-process retriever over the 1,000 real wiki-18 passages."""
+    """Deterministic in-process retriever over wiki-18-format passages."""
 
-    def __init__(self, path: Path):
-        self.docs = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    def __init__(self, docs: list[dict]):
+        self.docs = docs
         self.words = [set(re.findall(r"[a-z0-9]+", d["contents"].lower())) for d in self.docs]
 
     def search(self, queries: Sequence[str], topk: int) -> list[list[Hit]]:
@@ -95,21 +94,21 @@ def main() -> None:
     ap.add_argument("--max-new", type=int, default=48)
     ap.add_argument("--turns", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=1, help="timed runs of each; medians are printed")
+    ap.add_argument("--data", type=Path, default=None, help=DATA_ARG_HELP)
     args = ap.parse_args()
     torch.manual_seed(0)
-    questions_file, corpus = DATA / "flashrag-format" / "nq_test_sample.jsonl", DATA / "wiki18-format" / \
-        "flashrag_sample_1000.jsonl"
-    if not questions_file.is_file() or not corpus.is_file():
-        raise SystemExit(f"benchmark data not found under {DATA} (expected ../shared/data next to the repo)")
-    questions = [json.loads(x) for x in questions_file.read_text().splitlines() if x.strip()]
+    with tempfile.TemporaryDirectory(prefix="bench-rollout-") as tmp:
+        samples = open_samples(args.data, Path(tmp))
+        questions, passages = samples.question_rows(), samples.passage_rows()
     questions = (questions * (1 + args.questions // len(questions)))[:args.questions]
-    searcher = WordOverlapSearcher(corpus)
+    searcher = WordOverlapSearcher(passages)
     model, tok = load_policy(resolve_policy(PolicyConfig(), Path("artifacts")), PolicyConfig())
     model.eval()
     cfg = AgentConfig(prompt_style=args.style, max_turns=args.turns, max_new_tokens=args.max_new,
                       max_response_tokens=4096, batch_size=args.batch)
     seed_cfg = cfg.model_copy(update={"batch_size": 1})
-    print(f"torch threads: {torch.get_num_threads()}  questions: {len(questions)}  style: {args.style}  "
+    print(f"{samples.origin} data: {len(passages)} passages  torch threads: {torch.get_num_threads()}  "
+          f"questions: {len(questions)}  style: {args.style}  "
           f"max_new_tokens: {args.max_new}  max_turns: {args.turns}  batch: {args.batch}")
     # warm-up (stop-string tables, allocator) outside the timings
     run_agent(questions[:2], TransformersGenerator(model, tok), searcher, cfg.model_copy(update={"max_turns": 1}),

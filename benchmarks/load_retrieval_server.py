@@ -26,13 +26,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_retrieval_server import DATA, build_bench_index, make_queries  # noqa: E402
+from bench_retrieval_server import build_bench_index, make_queries  # noqa: E402
 
+from searchr1.corpus.samples import DATA_ARG_HELP  # noqa: E402
 from searchr1.retrieval.config import RetrievalConfig  # noqa: E402
 from searchr1.retrieval.searcher import load_searcher  # noqa: E402
 from searchr1.retrieval.server import running_server  # noqa: E402
-
-DATA_OK = DATA.is_file()
 
 # (name, body bytes) — each must be refused with a 4xx
 BAD_BODIES = [
@@ -134,8 +133,9 @@ async def load(url: str, pid: int, expected: dict, queries: list[str], clients: 
             "rss_mb_growth_after_warmup": (warm[-1] - warm[0]) if warm else float("nan")}
 
 
-def run(clients: int, seconds: float, max_requests: int, passages: int, work: Path, seed: int = 0) -> dict:
-    index_dir, rows = build_bench_index(work, passages)
+def run(clients: int, seconds: float, max_requests: int, passages: int, work: Path, seed: int = 0,
+        data: Path | None = None) -> dict:
+    index_dir, rows = build_bench_index(work, passages, data)
     cfg = RetrievalConfig()
     queries = make_queries(rows, 200, seed)
     searcher = load_searcher(index_dir, cfg)
@@ -155,8 +155,9 @@ def main() -> int:
     p.add_argument("--max-requests", type=int, default=50_000)
     p.add_argument("--passages", type=int, default=1000)
     p.add_argument("--work", type=Path, default=ROOT / "artifacts" / "bench" / "retrieval")
+    p.add_argument("--data", type=Path, default=None, help=DATA_ARG_HELP)
     a = p.parse_args()
-    r = run(a.clients, a.seconds, a.max_requests, a.passages, a.work)
+    r = run(a.clients, a.seconds, a.max_requests, a.passages, a.work, data=a.data)
     print(f"{a.clients} clients for {r['seconds']:.0f} s on 127.0.0.1 (load avg {os.getloadavg()[0]:.1f})")
     for k, v in r.items():
         print(f"  {k:>28}: {v:.1f}" if isinstance(v, float) else f"  {k:>28}: {v}")

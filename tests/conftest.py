@@ -1,4 +1,9 @@
-"""Test environment: Prefect and MLflow stay inside a temp folder and never phone home."""
+"""Test environment: Prefect and MLflow stay inside a temp folder and never phone home.
+
+Also the test tiers: sample data in the real formats (`generated_data`, written here, and
+`reference_data`, the real samples beside the repository, for tests marked `realdata`), and the
+rule that a core test never skips: any skip outside OPTIONAL_MARKERS fails the session.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,16 @@ os.environ.pop("SEARCHR1_FAULT", None)
 
 import pytest  # noqa: E402
 
+from searchr1.corpus.samples import SampleFiles, reference_samples, write_samples  # noqa: E402
+
+# Tiers whose tests may skip because what they need is outside the repository (real data, optional
+# extras). A skip of any other test fails the run: a clone must exercise every core code path.
+OPTIONAL_MARKERS: tuple[str, ...] = ("realdata", "verl_cpu")
+
+# The real samples (wiki-18 rows, NQ questions) that CI keeps beside the repository.
+REFERENCE_DATA = Path(os.environ.get("SEARCHR1_REFERENCE_DATA")
+                      or Path(__file__).resolve().parents[2] / "shared" / "data")
+
 
 @pytest.fixture(scope="session")
 def prefect_server():
@@ -27,3 +42,52 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield PREFECT_API_URL.value()
+
+
+@pytest.fixture(scope="session")
+def generated_data(tmp_path_factory) -> SampleFiles:
+    """1,000 wiki-18-format passages (jsonl and jsonl.gz) and 17 FlashRAG questions, generated."""
+    return write_samples(tmp_path_factory.mktemp("samples"))
+
+
+@pytest.fixture(scope="session")
+def reference_data() -> SampleFiles:
+    """The real samples; only tests marked `realdata` may use it (elsewhere its skip fails the run)."""
+    try:
+        return reference_samples(REFERENCE_DATA)
+    except FileNotFoundError as exc:
+        pytest.skip(f"realdata tier: {exc}; set SEARCHR1_REFERENCE_DATA to the folder to run it")
+
+
+@pytest.fixture(params=["generated", pytest.param("reference", marks=pytest.mark.realdata)])
+def sample_data(request) -> SampleFiles:
+    """Each sample set in turn: the same check on generated files and on the real ones."""
+    return request.getfixturevalue(f"{request.param}_data")
+
+
+_core_skips: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and not hasattr(report, "wasxfail") and not set(OPTIONAL_MARKERS) & set(report.keywords):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else ""
+        _core_skips.append(f"{report.nodeid}: {reason.removeprefix('Skipped: ')}")
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    # a module skipped while importing has no markers to read: skip inside a marked test or fixture instead
+    if report.skipped:
+        _core_skips.append(f"{report.nodeid}: skipped at collection")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _core_skips and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if _core_skips:
+        terminalreporter.write_sep("=", f"FAILED: {len(_core_skips)} core test(s) skipped (only tests marked "
+                                        f"{', '.join(OPTIONAL_MARKERS)} may skip)", red=True)
+        for line in _core_skips:
+            terminalreporter.write_line(line)

@@ -1,5 +1,6 @@
 """Bad input, end to end: each case gives one clear error naming the place and the expectation, a
-non-zero exit, and no stage registered as complete.
+non-zero exit, and no stage registered as complete. Cases run in-process through the CLI's `main(argv)`
+or the flow; one case runs `python -m flows.reproduce` in a subprocess, as a user would.
 
 | case | where it is caught | the message names |
 |---|---|---|
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.reproduce import reproduce
+from flows.reproduce import main, reproduce
 from searchr1.corpus.jsonl import DataError
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -35,11 +36,20 @@ CONFIG_CASES = [
 
 
 @pytest.mark.parametrize("name,overrides,message", CONFIG_CASES, ids=[c[0] for c in CONFIG_CASES])
-def test_bad_config_is_one_clear_line_and_exit_2(tmp_path, name, overrides, message):
-    proc = subprocess.run([sys.executable, "-m", "flows.reproduce", f"run.artifacts_dir={tmp_path}", *overrides],
-                          cwd=PROJECT, capture_output=True, text=True, timeout=120)
+def test_bad_config_is_one_clear_line_and_exit_2(tmp_path, capsys, name, overrides, message):
+    assert main([f"run.artifacts_dir={tmp_path}", *overrides]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.slow
+def test_bad_config_from_the_shell_exits_2_without_a_traceback(tmp_path):
+    """The one subprocess case: the real entry point, its exit status and what reaches the terminal."""
+    proc = subprocess.run([sys.executable, "-m", "flows.reproduce", f"run.artifacts_dir={tmp_path}",
+                           *CONFIG_CASES[0][1]], cwd=PROJECT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
-    assert message in proc.stderr
+    assert CONFIG_CASES[0][2] in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "cache").exists()
 
@@ -55,6 +65,7 @@ DATA_CASES = [
 ]
 
 
+@pytest.mark.slow  # runs the flow on the Prefect test server
 @pytest.mark.parametrize("name,content,message", DATA_CASES, ids=[c[0] for c in DATA_CASES])
 def test_bad_corpus_stops_the_stage_and_registers_nothing(prefect_server, tmp_path, name, content, message):
     corpus = tmp_path / "corpus.jsonl"
@@ -67,18 +78,17 @@ def test_bad_corpus_stops_the_stage_and_registers_nothing(prefect_server, tmp_pa
     assert not list((tmp_path / "art" / "cache").rglob("_manifest.json"))
 
 
-def test_bad_corpus_through_the_cli_exits_non_zero(tmp_path):
+@pytest.mark.slow
+def test_bad_corpus_through_the_cli_exits_non_zero(prefect_server, tmp_path, capsys):
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text(GOOD + GOOD)
-    proc = subprocess.run([sys.executable, "-m", "flows.reproduce", "--until", "corpus",
-                           f"run.artifacts_dir={tmp_path / 'art'}", "corpus.source=wiki18",
-                           f"corpus.wiki18.local_path={corpus}"],
-                          cwd=PROJECT, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 2
-    assert f"error: {corpus}:2: duplicate id: '0'" in proc.stderr
+    assert main(["--until", "corpus", f"run.artifacts_dir={tmp_path / 'art'}", "corpus.source=wiki18",
+                 f"corpus.wiki18.local_path={corpus}"]) == 2
+    assert f"error: {corpus}:2: duplicate id: '0'" in capsys.readouterr().err
     assert not list((tmp_path / "art" / "cache").rglob("_manifest.json"))
 
 
+@pytest.mark.slow  # runs the flow on the Prefect test server
 def test_zero_question_benchmark_is_refused(prefect_server, tmp_path):
     (tmp_path / "nq").mkdir()
     (tmp_path / "nq" / "test.jsonl").write_text("")

@@ -13,9 +13,8 @@ from searchr1.config import PipelineConfig, config_from_dict
 from searchr1.corpus import build, sources, synthetic
 from searchr1.corpus.config import SyntheticWorldConfig
 from searchr1.corpus.jsonl import PASSAGE_FIELDS, QUESTION_FIELDS, DataError, ReadStats, read_jsonl
+from searchr1.corpus.samples import SampleFiles
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"reference data not found at {SHARED}")
 SMALL_WORLD = SyntheticWorldConfig(n_people=60, n_places=15, n_organisations=12, n_works=40, questions_per_skill=40)
 
 
@@ -103,11 +102,12 @@ def test_question_fields_are_checked(tmp_path):
     assert QUESTION_FIELDS.keys() == {"id", "question", "golden_answers"}
 
 
-@needs_shared
-def test_wiki18_sample_streams_into_resumable_shards(tmp_path):
-    src = SHARED / "wiki18-format" / "flashrag_sample_1000.jsonl"
-    gz = tmp_path / "wiki.jsonl.gz"
-    gz.write_bytes(gzip.compress(src.read_bytes()))
+def test_wiki18_sample_streams_into_resumable_shards(tmp_path, sample_data: SampleFiles):
+    src = sample_data.passages
+    gz = sample_data.passages_gz
+    if gz is None:  # the reference samples ship uncompressed; wiki-18 itself is a .jsonl.gz
+        gz = tmp_path / "wiki.jsonl.gz"
+        gz.write_bytes(gzip.compress(src.read_bytes()))
     cfg = config_from_dict({"corpus": {"source": "wiki18", "wiki18": {"local_path": str(gz), "shard_rows": 300}}})
     out = tmp_path / "corpus"
     summary = build.build_corpus(cfg, out)
@@ -132,11 +132,10 @@ def test_wiki18_hub_path_downloads_the_configured_file(tmp_path, monkeypatch):
     assert calls == [("PeterJinGo/wiki-18-corpus", "wiki-18.jsonl.gz")]
 
 
-@needs_shared
-def test_flashrag_benchmarks_from_a_local_dir(tmp_path):
+def test_flashrag_benchmarks_from_a_local_dir(tmp_path, sample_data: SampleFiles):
     (tmp_path / "nq").mkdir()
-    (tmp_path / "nq" / "test.jsonl").write_bytes((SHARED / "flashrag-format" / "nq_test_sample.jsonl").read_bytes())
-    (tmp_path / "nq" / "train.jsonl").write_bytes((SHARED / "flashrag-format" / "nq_test_sample.jsonl").read_bytes())
+    (tmp_path / "nq" / "test.jsonl").write_bytes(sample_data.questions.read_bytes())
+    (tmp_path / "nq" / "train.jsonl").write_bytes(sample_data.questions.read_bytes())
     cfg = config_from_dict({"questions": {"source": "flashrag", "local_dir": str(tmp_path),
                                           "eval_benchmarks": ["nq"], "train_benchmarks": ["nq"],
                                           "max_eval_questions": 5}})

@@ -1,4 +1,3 @@
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -7,9 +6,8 @@ from test_agent_fixtures import QUESTIONS, KeywordSearcher, ScriptedGenerator, s
 
 import searchr1.evaluation.evaluate as ev
 from searchr1.config import PipelineConfig
+from searchr1.corpus.samples import SampleFiles
 from searchr1.evaluation.results import results_table
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def answer_first_title(history: str, turn: int) -> str:
@@ -90,11 +88,8 @@ def test_bad_input_is_named(tmp_path: Path, fake_models):
                                 PipelineConfig(), tmp_path)
 
 
-def test_flashrag_format_file_goes_through_the_same_path(tmp_path: Path, fake_models):
-    path = DATA / "flashrag-format" / "nq_test_sample.jsonl"
-    if not path.is_file():
-        pytest.skip(f"{path} not present (shared reference data)")
-    nq = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()][:4]
+def test_flashrag_format_file_goes_through_the_same_path(tmp_path: Path, fake_models, sample_data: SampleFiles):
+    nq = sample_data.question_rows(4)
     out = ev.evaluate_checkpoints([(0, "base")], {"nq": nq}, KeywordSearcher(), PipelineConfig(), tmp_path,
                                   progress=False)
     res = pd.read_parquet(out["results"])

@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import json
 import re
+import socket
 from pathlib import Path
 
 import faiss
@@ -18,22 +19,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from searchr1.corpus.samples import SampleFiles
 from searchr1.retrieval import faiss_index
+from searchr1.retrieval.client import RetrievalClient, RetrievalError
 from searchr1.retrieval.config import EmbedderConfig, IndexConfig, RetrievalConfig
 from searchr1.retrieval.embeddings import Embeddings
 from searchr1.retrieval.index import build_index
 from searchr1.retrieval.passages import CorpusFormatError, PassageStore, find_shards
 from searchr1.retrieval.searcher import DenseSearcher, load_searcher, read_meta
 from searchr1.retrieval.server import BadRequest, MicroBatcher, parse_request
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "wiki18-format" / "flashrag_sample_1000.jsonl"
-
-
-def sample_rows(n: int) -> list[dict]:
-    if not DATA.is_file():
-        pytest.skip(f"reference passages not found at {DATA}")
-    with DATA.open() as f:
-        return [json.loads(line) for _, line in zip(range(n), f, strict=False)]
 
 
 def write_shards(rows: list[dict], corpus_dir: Path, per_shard: int) -> Path:
@@ -77,8 +71,8 @@ def cfg_for(kind: str = "flat", shard_rows: int = 100, **index) -> RetrievalConf
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> tuple[Path, list[dict]]:
-    rows = sample_rows(1000)
+def corpus(tmp_path_factory, generated_data: SampleFiles) -> tuple[Path, list[dict]]:
+    rows = generated_data.passage_rows(1000)
     return write_shards(rows, tmp_path_factory.mktemp("corpus"), per_shard=400), rows
 
 
@@ -183,13 +177,14 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-def test_real_embedder_matches_sentence_transformers_encode(one_torch_thread):
+@pytest.mark.slow  # loads the real embedder twice (ours and sentence-transformers')
+def test_real_embedder_matches_sentence_transformers_encode(one_torch_thread, generated_data: SampleFiles):
     """Our batching (windows, length-sorted, own pooling) gives the same vectors as plain ST encode."""
     from sentence_transformers import SentenceTransformer
 
     from searchr1.retrieval.embedder import Embedder, resolve_model_path
 
-    texts = [r["contents"][:300] for r in sample_rows(20)] + ["short query", "who wrote 1984"]
+    texts = [r["contents"][:300] for r in generated_data.passage_rows(20)] + ["short query", "who wrote 1984"]
     cfg = EmbedderConfig(batch_size=4)
     embedder = Embedder(cfg)
     embedder.window_batches = 2  # windows of 8 texts: 22 texts span three
@@ -257,9 +252,23 @@ def test_bm25_index_and_search(corpus, tmp_path):
     summary = build_index(corpus_dir, tmp_path / "bm25", cfg_for("bm25"))
     assert summary["passages"] == 1000 and "dims" not in summary
     s = load_searcher(tmp_path / "bm25", cfg_for("bm25"))
-    hits = s.search(["Evan Morris lobbyist Genentech", "zzzzqqq"], 3)
-    assert hits[0][0]["document"] == rows[0]
+    hits = s.search([rows[42]["contents"], "zzzzqqq"], 3)
+    assert hits[0][0]["document"] == rows[42]
     assert hits[1] == []  # no term in common: nothing, as pyserini answers
+
+
+@pytest.mark.realdata
+def test_real_wiki18_passages_are_indexed_and_found(reference_data: SampleFiles, tmp_path):
+    """The real wiki-18 rows go through the same build: a known passage is found by BM25 and dense search."""
+    rows = reference_data.passage_rows()
+    corpus_dir = write_shards(rows, tmp_path / "corpus", per_shard=400)
+    build_index(corpus_dir, tmp_path / "bm25", cfg_for("bm25"))
+    hits = load_searcher(tmp_path / "bm25", cfg_for("bm25")).search(["Evan Morris lobbyist Genentech"], 3)
+    assert hits[0][0]["document"] == rows[0] and rows[0]["contents"].startswith('"Evan Morris"\n')
+    summary = build_index(corpus_dir, tmp_path / "flat", cfg_for(), embedder=HashEmbedder())
+    assert summary["passages"] == len(rows)
+    dense = load_searcher(tmp_path / "flat", cfg_for(), embedder=HashEmbedder())
+    assert dense.search([rows[123]["contents"]], 1)[0][0]["document"] == rows[123]
 
 
 # ---------------------------------------------------------------- GPU code path (no GPU here)
@@ -419,6 +428,15 @@ def test_micro_batcher_survives_a_failing_search():
         return ok
 
     assert asyncio.run(main()) == [[]]
+
+
+def test_client_retries_then_names_the_last_error():
+    with socket.socket() as s:  # a port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with RetrievalClient(f"http://127.0.0.1:{port}", timeout=1, retries=2, backoff_s=0.01) as client:
+        with pytest.raises(RetrievalError, match="failed after 3 attempts; last error: ConnectError"):
+            client.search(["a"], 3)
 
 
 def test_dense_searcher_rejects_mismatched_store(corpus, tmp_path):
