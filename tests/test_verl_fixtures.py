@@ -6,7 +6,8 @@ and behind the evaluation loop's Generator interface. Named test_* only to sit w
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,21 @@ def policy_path() -> Path:
     return Path(resolve_policy(PipelineConfig().policy, ROOT / "artifacts"))
 
 
+def policy_tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(policy_path())
+
+
+@contextmanager
+def live_server(root: Path) -> Iterator[str]:
+    """Our retrieval server over a BM25 index of FACTS (no model to load); yields its base URL."""
+    from searchr1.retrieval.server import running_server
+
+    with running_server(build_bm25_index(root), small_verl_config(policy_path())) as base:
+        yield base
+
+
 def build_bm25_index(root: Path) -> Path:
     rows = [{"id": str(i), "contents": f'"{title}"\n{text}'} for i, (title, text) in enumerate(FACTS)]
     (root / "corpus" / "passages").mkdir(parents=True)
@@ -46,7 +62,7 @@ def small_verl_config(policy: Path, style: str = "tool_call", *extra: str) -> Pi
     return load_config(ROOT / "configs" / "tiny.yaml", [
         "training.engine=verl", "training.verl.check_deviations=false", f"policy.model={policy}",
         "retrieval.index.kind=bm25", "retrieval.server.port=0", f"agent.prompt_style={style}", "agent.max_turns=3",
-        "agent.max_new_tokens=48", "agent.max_obs_tokens=40", "agent.topk=2", "agent.max_response_tokens=400",
+        "agent.max_new_tokens=64", "agent.max_obs_tokens=40", "agent.topk=2", "agent.max_response_tokens=400",
         "training.verl.n_gpus_per_node=1", "training.verl.train_batch_size=4", "training.verl.ppo_mini_batch_size=2",
         "training.grpo.group_size=2", "training.verl.max_prompt_length=1024", *extra])
 

@@ -130,3 +130,33 @@ def test_step_guard_counts_and_stops(monkeypatch):
     fields["rows"] = [{"search_calls": 2, "search_errors": 1}, {"search_calls": 1, "search_errors": 1}]
     with pytest.raises(ToolFailureError, match="step 7: 2 of 3 search calls failed"):
         buf.sample(global_steps=7, partition_id="train", batch_size=1)
+
+
+def test_verls_mlflow_logger_writes_into_the_stage_run(tmp_path, monkeypatch):
+    """verl's own Tracking (trainer.logger=[console, mlflow]) with the env launch_verl passes: it attaches to
+    the train stage's run instead of creating one."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+    from verl.utils.tracking import Tracking
+
+    from searchr1.tracking import tracking_uri
+    from searchr1.training.verl_launch import mlflow_env
+
+    uri = tracking_uri(tmp_path)
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("reproduce-search-r1")
+    stage_run = client.create_run(experiment, run_name="train").info.run_id
+    for key, value in mlflow_env(uri, stage_run).items():
+        monkeypatch.setenv(key, value)
+    previous = mlflow.get_tracking_uri()
+    try:
+        tracking = Tracking(project_name="other-project", experiment_name="other-name", default_backend=["mlflow"],
+                            config={"actor_rollout_ref": {"rollout": {"top_p": 0.95}}})
+        tracking.log({"search/calls": 12.0, "search/failed_share": 0.0}, step=3)
+        tracking.finish()
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert [(m.step, m.value) for m in client.get_metric_history(stage_run, "search/calls")] == [(3, 12.0)]
+    assert client.get_run(stage_run).data.params["actor_rollout_ref/rollout/top_p"] == "0.95"
+    assert [r.info.run_id for r in client.search_runs([experiment])] == [stage_run]  # no run of its own
+    assert client.get_experiment_by_name("other-project") is None
