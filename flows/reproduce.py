@@ -18,7 +18,8 @@ from prefect.runtime import flow_run
 from prefect.states import State
 
 from flows import quiet, run_artifacts
-from searchr1.config import ConfigError, PipelineConfig, digest, load_config
+from searchr1.config import ConfigError, PipelineConfig, load_config
+from searchr1.io import digest
 from searchr1.models import check_available, resolve_policy
 from searchr1.tracking import PipelineTracker, headline_metrics, run_label
 from tasks._stage import PipelineContext, StageOutput

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -133,12 +131,6 @@ def load_config_for_cli(path: str | Path, overrides: Iterable[str] = ()) -> Pipe
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None
-
-
-def digest(obj: Any) -> str:
-    """Stable short hash of JSON-able data."""
-    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

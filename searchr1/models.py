@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from searchr1.agent.config import PolicyConfig
-from searchr1.cache import atomic_dir
-from searchr1.config import digest
+from searchr1.io import atomic_dir, digest
+
+if TYPE_CHECKING:  # a type only: importing agent at run time closes retrieval -> models -> agent -> retrieval
+    from searchr1.agent.config import PolicyConfig
 
 WHEEL_PREFIX = "wheel:"
 CONVERSION_VERSION = 2  # bump when the conversion changes, so cached folders are rebuilt

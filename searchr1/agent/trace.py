@@ -14,7 +14,7 @@ from typing import Any, Literal, TypedDict
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from searchr1.cache import atomic_file
+from searchr1.io import atomic_file
 
 Role = Literal["assistant", "tool"]
 Method = Literal["search_agent", "direct", "rag"]

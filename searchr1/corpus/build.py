@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from searchr1.cache import atomic_file
 from searchr1.config import PipelineConfig
 from searchr1.corpus import synthetic
 from searchr1.corpus.jsonl import DataError, ReadStats
@@ -20,6 +19,7 @@ from searchr1.corpus.sources import (
     read_questions,
     write_passage_shards,
 )
+from searchr1.io import atomic_file
 
 PASSAGES = "passages"
 

@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from searchr1 import faults
-from searchr1.cache import atomic_file
 from searchr1.corpus.jsonl import PASSAGE_FIELDS, QUESTION_FIELDS, DataError, ReadStats, read_jsonl
+from searchr1.io import atomic_file
 
 PASSAGE_SCHEMA = pa.schema([("id", pa.string()), ("contents", pa.string())])
 

@@ -21,7 +21,7 @@ from searchr1 import faults
 from searchr1.agent.generators import Generator, make_generator
 from searchr1.agent.rollout import run_agent, run_baseline, summarize_rows
 from searchr1.agent.trace import ROLLOUT_SCHEMA, Question, write_rollouts
-from searchr1.cache import atomic_file
+from searchr1.io import atomic_file
 from searchr1.retrieval.base import Searcher
 from searchr1.tracking import MetricsLogger, null_logger
 

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from searchr1.agent.trace import ROLLOUT_SCHEMA
-from searchr1.cache import atomic_file, write_json_atomic, write_text_atomic
+from searchr1.io import atomic_file, write_json_atomic, write_text_atomic
 from searchr1.reflection import plots, stats
 from searchr1.reflection.config import ReflectionConfig
 from searchr1.reflection.detect import PhraseMatch, matches_in_segments

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from searchr1.cache import atomic_file
+from searchr1.io import atomic_file
 
 DPI = 130
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from searchr1.cache import atomic_dir
+from searchr1.io import atomic_dir
 from searchr1.retrieval.base import Hit
 from searchr1.retrieval.passages import PassageStore
 

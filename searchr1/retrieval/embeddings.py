@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from searchr1.cache import atomic_file, write_json_atomic
+from searchr1.io import atomic_file, write_json_atomic
 from searchr1.retrieval.config import EmbedderConfig
 from searchr1.retrieval.passages import PassageStore
 from searchr1.tracking import MetricsLogger, null_logger

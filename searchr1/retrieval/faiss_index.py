@@ -15,7 +15,7 @@ import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
-from searchr1.cache import atomic_file
+from searchr1.io import atomic_file
 from searchr1.retrieval.config import IndexConfig
 from searchr1.retrieval.embeddings import Embeddings
 

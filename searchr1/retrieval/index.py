@@ -21,7 +21,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from searchr1.cache import write_json_atomic
+from searchr1.io import write_json_atomic
 from searchr1.retrieval.config import RetrievalConfig
 from searchr1.retrieval.embedder import Embedder, load_embedder
 from searchr1.retrieval.embeddings import Embeddings, embed_corpus, embedder_identity

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from searchr1.cache import atomic_file
+from searchr1.io import atomic_file
 from searchr1.retrieval.base import Doc
 
 PASSAGES_FILE = "passages.arrow"

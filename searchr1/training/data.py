@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from searchr1.agent.prompts import build_messages
 from searchr1.agent.trace import Question
-from searchr1.cache import atomic_file
+from searchr1.io import atomic_file
 
 VERL_DIR, TRL_DIR = "verl", "trl"
 TRAIN_FILE, VAL_FILE = "train.parquet", "val.parquet"

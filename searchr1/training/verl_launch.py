@@ -31,7 +31,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from searchr1.agent.protocol import AgentProtocol
-from searchr1.cache import write_text_atomic
+from searchr1.io import write_text_atomic
 from searchr1.tracking import MetricsLogger, null_logger
 from searchr1.training.data import TRAIN_FILE, VAL_FILE, VERL_DIR
 from searchr1.training.verl_plugins import AGENT_NAME, PPO_TRAINER_KEYS, VERL_VERSION
@@ -322,7 +322,7 @@ def merge_command(actor_dir: Path, target_dir: Path) -> list[str]:
 
 def merge_checkpoint(actor_dir: Path, target_dir: Path) -> Path:
     """Sharded FSDP actor checkpoint -> HF folder (verl's model merger), published atomically."""
-    from searchr1.cache import atomic_dir
+    from searchr1.io import atomic_dir
 
     with atomic_dir(Path(target_dir)) as tmp:
         subprocess.run(merge_command(actor_dir, tmp), check=True)

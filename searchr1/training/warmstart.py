@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from searchr1.agent.prompts import build_messages, tools_for
 from searchr1.agent.protocol import AgentProtocol
 from searchr1.agent.trace import Question
-from searchr1.cache import atomic_dir
+from searchr1.io import atomic_dir
 from searchr1.retrieval.base import Searcher
 from searchr1.rewards import normalize_answer
 from searchr1.tracking import MetricsLogger, null_logger

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from searchr1.agent.protocol import AgentProtocol
-from searchr1.cache import write_text_atomic
+from searchr1.io import write_text_atomic
 from searchr1.retrieval.client import base_url
 from searchr1.training.verl_plugins import AGENT_NAME
 
