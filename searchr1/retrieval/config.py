@@ -1,10 +1,13 @@
 """Embedder, index and retrieval server settings."""
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveInt, StringConstraints, model_validator
 
 from searchr1.schema import Section
+
+# "auto" (GPU when torch sees one), "cpu", "cuda" or "cuda:<index>"
+Device = Annotated[str, StringConstraints(pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")]
 
 
 class EmbedderConfig(Section):
@@ -17,7 +20,11 @@ class EmbedderConfig(Section):
     normalize: bool = True
     max_length: PositiveInt = 256
     batch_size: PositiveInt = 64
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Device = "auto"
+    # Corpus embedding on several devices: one spawned worker process per entry, each loading the
+    # model once and embedding whole shards (the unit of resume is the unit of work). [] embeds in
+    # the calling process on `device`; "all_gpus" means one worker per GPU torch sees.
+    devices: list[Device] | Literal["all_gpus"] = []
     trust_remote_code: bool = False  # only for hub models that need their own code
     # torch CPU threads in the retrieval server process (None = torch's default, all cores). On a
     # machine whose cores are also busy with training, 1 is much faster: OpenMP threads that spin
@@ -39,11 +46,31 @@ class IndexConfig(Section):
     train_rows: PositiveInt = 200_000  # random sample that trains IVF-PQ
     use_gpu: bool = False  # needs faiss-gpu; a clear error names what is missing
     gpu_fp16: bool = True  # store vectors on GPU in fp16 (half the memory; Search-R1 does this)
-    gpu_shards: bool = True  # shard a GPU index across all visible GPUs
+    gpu_shards: bool = True  # an index in one file (shards: 1): shard it across all visible GPUs, else replicate
+    # >1: a flat index saved as this many files (index.faiss/shard-NNNNN.faiss, each written once, so a
+    # killed build resumes per shard) and searched as one faiss.IndexShards; shard j lives on GPU
+    # j % n_gpus when use_gpu, in RAM otherwise. Only one shard at a time is in host memory at load.
+    shards: PositiveInt = 1
+    # Skip embedding: a prebuilt flat inner-product index whose row i is passage i of the corpus.
+    # A hub dataset id (Search-R1's "PeterJinGo/wiki-18-e5-index", downloaded with huggingface_hub)
+    # or a local folder, both holding parts part_aa, part_ab, ... that concatenate into the index
+    # file; or a local path to the joined index file itself.
+    prebuilt: str | None = None
+    prebuilt_revision: str | None = None  # hub revision (commit) to pin; None = the default branch
+    # Rows of the prebuilt index re-embedded with retrieval.embedder and compared (cosine >= 0.98):
+    # catches a corpus in another order or an embedder other than the one the index was built with.
+    prebuilt_check_rows: int = Field(16, ge=0)
     recall_probe_queries: PositiveInt = 500  # recall@k of approximate indexes vs flat, at build
     # The per-shard embeddings stay beside the index so a rebuild with another kind reuses them;
     # false deletes them once the index is written (wiki-18 with e5-base-v2: ~64 GB).
     keep_embeddings: bool = True
+
+    @model_validator(mode="after")
+    def _flat_only(self) -> "IndexConfig":
+        for key, value in (("shards", self.shards > 1), ("prebuilt", self.prebuilt is not None)):
+            if value and self.kind != "flat":
+                raise ValueError(f"retrieval.index.{key} needs kind: flat (got kind: {self.kind})")
+        return self
 
 
 class ServerConfig(Section):

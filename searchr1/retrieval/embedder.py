@@ -28,11 +28,16 @@ def resolve_model_path(model: str) -> str:
     return model
 
 
-def pick_device(device: str) -> str:
+def pick_device(device: str, key: str = "retrieval.embedder.device") -> str:
+    """The torch device for a config value ("auto", "cpu", "cuda", "cuda:N"); `key` names it in errors."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("retrieval.embedder.device is 'cuda' but torch sees no GPU; use 'auto' or 'cpu'")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"{key} is {device!r} but torch sees no GPU; use 'auto' or 'cpu'")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise RuntimeError(f"{key} is {device!r} but torch sees {torch.cuda.device_count()} GPU(s)")
     return device
 
 
@@ -41,17 +46,17 @@ class Embedder:
 
     window_batches = 32  # texts are tokenised this many batches at a time (bounded memory)
 
-    def __init__(self, cfg: EmbedderConfig):
+    def __init__(self, cfg: EmbedderConfig, device_key: str = "retrieval.embedder.device"):
         from sentence_transformers import SentenceTransformer
 
         self.cfg = cfg
-        self.device = pick_device(cfg.device)
+        self.device = pick_device(cfg.device, device_key)
         st = SentenceTransformer(resolve_model_path(cfg.model), device=self.device,
                                  trust_remote_code=cfg.trust_remote_code)
         self.tokenizer = st.tokenizer
         self.model = st[0].auto_model  # the bare transformer; pooling is ours (see module doc)
         self.model.eval()
-        self.fp16 = cfg.fp16 and self.device == "cuda"
+        self.fp16 = cfg.fp16 and self.device.startswith("cuda")
         if self.fp16:
             self.model.half()
         self.dim = int(self.model.config.hidden_size)

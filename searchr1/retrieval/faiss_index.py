@@ -4,12 +4,20 @@ GPU is a config value, not another code path: the same CPU index is built, saved
 `to_gpu` clones it onto every visible GPU (sharded or replicated) for search. IVF-PQ training
 runs its k-means on GPU when asked. faiss-cpu has no GPU functions; asking for GPU there is a
 clear error, never a silent fallback.
+
+A flat index can also be saved in shards (`retrieval.index.shards`): a folder of flat indexes over
+consecutive row ranges, written one at a time (a killed build keeps the finished ones) and searched
+as one `faiss.IndexShards`. CPU and GPU share that path; `place_shard` alone decides where each
+shard lives.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -17,10 +25,12 @@ from tqdm.auto import tqdm
 
 from searchr1.io import atomic_file
 from searchr1.retrieval.config import IndexConfig
-from searchr1.retrieval.embeddings import Embeddings
+from searchr1.retrieval.embeddings import MANIFEST, Embeddings, resumable_dir
 
 log = logging.getLogger(__name__)
 MIN_POINTS_PER_LIST = 39  # faiss warns below this many training points per centroid
+# rows [lo, hi) of the vectors being indexed, as consecutive float32 pieces
+RowSource = Callable[[int, int], Iterable[np.ndarray]]
 
 
 def gpu_count() -> int:
@@ -131,8 +141,89 @@ def write_index(index: faiss.Index, path: Path) -> None:
 
 
 def read_index(path: Path, cfg: IndexConfig) -> faiss.Index:
+    """A saved index: one file, or a folder of flat shards (see `write_flat_shards`)."""
+    if path.is_dir():
+        return read_flat_shards(path, cfg)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: FAISS index missing; rebuild the index")
     index = faiss.read_index(str(path))
     set_search_params(index, cfg)
     return to_gpu(index, cfg) if cfg.use_gpu else index
+
+
+def shard_file(folder: Path, j: int) -> Path:
+    return folder / f"shard-{j:05d}.faiss"
+
+
+def shard_ranges(rows: int, shards: int) -> list[tuple[int, int]]:
+    """Consecutive, near-equal row ranges, one per shard: shard j holds global ids [lo, hi)."""
+    return [(j * rows // shards, (j + 1) * rows // shards) for j in range(shards)]
+
+
+def flat_index_rows(index: faiss.Index, piece: int = 1_000_000) -> RowSource:
+    """Rows of a flat index (e.g. a prebuilt one, memory-mapped) in pieces of `piece` rows."""
+    def rows(lo: int, hi: int) -> Iterable[np.ndarray]:
+        for a in range(lo, hi, piece):
+            yield index.reconstruct_n(a, min(hi, a + piece) - a)
+    return rows
+
+
+def write_flat_shards(folder: Path, source: RowSource, rows: int, dim: int, shards: int,
+                      identity: dict[str, Any]) -> int:
+    """Save rows [0, rows) as `shards` flat inner-product indexes in `folder`; returns how many were reused.
+
+    Each shard file is written atomically and skipped when already there, so a killed build
+    resumes per shard; `identity` (what the rows were made from) guards against reusing shards of
+    another build. Memory: one shard at a time.
+    """
+    if shards > rows:
+        raise ValueError(f"retrieval.index.shards={shards} but there are only {rows} passages; use fewer shards")
+    resumable_dir(folder, {"build": identity, "shards": shards, "rows": rows, "dim": dim})
+    reused = 0
+    for j, (lo, hi) in enumerate(shard_ranges(rows, shards)):
+        path = shard_file(folder, j)
+        if path.is_file():
+            reused += 1
+            continue
+        index = faiss.IndexFlatIP(dim)
+        for piece in source(lo, hi):
+            index.add(np.ascontiguousarray(piece, dtype=np.float32))
+        write_index(index, path)
+    return reused
+
+
+def place_shard(index: faiss.Index, j: int, cfg: IndexConfig, resources: dict[int, Any]) -> faiss.Index:
+    """Where shard j is searched: GPU j % n_gpus when retrieval.index.use_gpu, else host memory as it is.
+
+    `resources` holds one StandardGpuResources per GPU, shared by the shards on it (each one
+    reserves scratch memory, so one per shard would waste it).
+    """
+    if not cfg.use_gpu:
+        return index
+    gpu = j % require_gpu()
+    if gpu not in resources:
+        resources[gpu] = faiss.StandardGpuResources()
+    co = faiss.GpuClonerOptions()
+    co.useFloat16 = cfg.gpu_fp16
+    return faiss.index_cpu_to_gpu(resources[gpu], gpu, index, co)
+
+
+def read_flat_shards(folder: Path, cfg: IndexConfig) -> faiss.Index:
+    """The shards of `folder` as one faiss.IndexShards whose ids are global row numbers."""
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{manifest_path}: missing; {folder} is not a finished sharded index, rebuild it")
+    layout = json.loads(manifest_path.read_text())["identity"]
+    paths = [shard_file(folder, j) for j in range(layout["shards"])]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder}: shard file(s) {missing} missing of {len(paths)}; rebuild the index")
+    # GPUs search their shards in parallel threads; on CPU each flat search already uses every core
+    combined = faiss.IndexShards(int(layout["dim"]), cfg.use_gpu, True)
+    resources: dict[int, Any] = {}
+    for j, path in enumerate(paths):
+        combined.add_shard(place_shard(faiss.read_index(str(path)), j, cfg, resources))
+    if combined.ntotal != layout["rows"]:
+        raise ValueError(f"{folder}: shards hold {combined.ntotal} vectors, manifest says {layout['rows']}; rebuild")
+    combined.referenced_objects.extend(resources.values())  # must outlive the GPU shards (add_shard made the list)
+    return combined

@@ -2,8 +2,9 @@
 
 out_dir/
   passages.arrow      id + contents in index row order (the searcher needs nothing else)
-  embeddings/         per-shard vectors, resumable (see embeddings.py)
-  index.faiss | bm25/ the index
+  embeddings/         per-shard vectors, resumable (see embeddings.py); absent for a prebuilt index
+  index.faiss | bm25/ the index; with retrieval.index.shards > 1, index.faiss/ is a folder of flat
+                      shards (resumable per shard, searched as one faiss.IndexShards)
   index_meta.json     written last: its presence means the directory is complete
 
 `out_dir` survives a killed run; calling `build_index` again reuses the passages copy and every
@@ -29,19 +30,23 @@ from searchr1.retrieval.faiss_index import (
     build_faiss,
     effective_nlist,
     exact_topk,
+    flat_index_rows,
     recall_at_k,
     set_search_params,
+    write_flat_shards,
     write_index,
 )
 from searchr1.retrieval.passages import PASSAGES_FILE, PassageStore, copy_passages, find_shards, fingerprint
+from searchr1.retrieval.prebuilt import install_prebuilt
 from searchr1.retrieval.searcher import BM25_DIR, INDEX_FILE, META_FILE
 from searchr1.tracking import MetricsLogger, null_logger
 
 EMB_DIR = "embeddings"
 PASSAGES_META = "passages.json"
-# Settings read at search time (load_searcher), not baked into the index: changing them needs no rebuild.
+PREBUILT_JOINED = ".prebuilt-joined.faiss"  # a prebuilt index before it is split into shards
+# Settings that do not change the built index: read at search time (load_searcher), or only checks.
 SEARCH_TIME_KEYS = {"hnsw_ef_search", "ivf_nprobe", "use_gpu", "gpu_fp16", "gpu_shards", "recall_probe_queries",
-                    "keep_embeddings"}
+                    "keep_embeddings", "prebuilt_check_rows"}
 
 
 def build_identity(cfg: RetrievalConfig, corpus_key: str) -> dict[str, Any]:
@@ -85,28 +90,7 @@ def build_index(passages_dir: Path, out_dir: Path, cfg: RetrievalConfig,
         build_bm25(store, out_dir / BM25_DIR)
         summary["index_seconds"] = time.perf_counter() - t0
     else:
-        loaded = [embedder] if embedder is not None else []
-
-        def get_embedder() -> Embedder:  # loaded on first use: a fully resumed flat build never needs it
-            if not loaded:
-                loaded.append(load_embedder(cfg.embedder))
-            return loaded[0]
-
-        emb, stats = embed_corpus(store, out_dir / EMB_DIR, cfg.embedder, corpus_key, get_embedder, log_metrics)
-        summary.update(stats)
-        t0 = time.perf_counter()
-        index = build_faiss(emb, cfg.index)
-        summary["index_seconds"] = time.perf_counter() - t0
-        summary["dims"] = float(emb.dim)
-        meta.update(embedder=embedder_identity(cfg.embedder), dims=emb.dim)
-        if cfg.index.kind == "ivfpq":
-            meta["ivf_nlist"] = effective_nlist(cfg.index, n)
-        if cfg.index.kind in ("hnsw", "ivfpq"):
-            set_search_params(index, cfg.index)
-            summary[f"recall_at_{cfg.topk}"] = measure_recall(index, emb, store, get_embedder(), cfg)
-        write_index(index, out_dir / INDEX_FILE)
-        if not cfg.index.keep_embeddings:
-            shutil.rmtree(out_dir / EMB_DIR)
+        _build_dense(store, out_dir, cfg, corpus_key, identity, embedder, log_metrics, summary, meta)
 
     summary["build_seconds"] = time.perf_counter() - t_start
     summary["passages_per_s"] = n / summary["build_seconds"]
@@ -114,6 +98,67 @@ def build_index(passages_dir: Path, out_dir: Path, cfg: RetrievalConfig,
     write_json_atomic(meta_path, meta)  # last: marks the directory complete
     log_metrics({f"index/{k}": v for k, v in summary.items()}, None)
     return summary
+
+
+def _build_dense(store: PassageStore, out_dir: Path, cfg: RetrievalConfig, corpus_key: str,
+                 identity: dict[str, Any], embedder: Embedder | None, log_metrics: MetricsLogger,
+                 summary: dict[str, float], meta: dict[str, Any]) -> None:
+    """Vectors (embedded here, or a prebuilt index) into out_dir/index.faiss: one file, or a folder of shards."""
+    n, icfg = len(store), cfg.index
+    loaded = [embedder] if embedder is not None else []
+
+    def get_embedder() -> Embedder:  # loaded on first use: a fully resumed flat build never needs it
+        if not loaded:
+            loaded.append(load_embedder(cfg.embedder))
+        return loaded[0]
+
+    index_path = out_dir / INDEX_FILE
+    _clear_other_layout(index_path, sharded=icfg.shards > 1)
+    if icfg.prebuilt is not None:
+        t0 = time.perf_counter()
+        joined = index_path if icfg.shards == 1 else out_dir / PREBUILT_JOINED
+        index, meta["prebuilt"] = install_prebuilt(icfg.prebuilt, icfg.prebuilt_revision, joined, store,
+                                                   get_embedder, icfg.prebuilt_check_rows)
+        dim = int(index.d)
+        if "check_min_cosine" in meta["prebuilt"]:
+            summary["prebuilt_check_min_cosine"] = meta["prebuilt"]["check_min_cosine"]
+        if icfg.shards > 1:
+            summary["reused_index_shards"] = float(
+                write_flat_shards(index_path, flat_index_rows(index), n, dim, icfg.shards, identity))
+            del index  # unmaps the joined file before it goes
+            joined.unlink()
+        summary["index_seconds"] = time.perf_counter() - t0
+    else:
+        # an injected embedder runs here; otherwise embed_corpus loads one, or a pool per retrieval.embedder.devices
+        emb, stats = embed_corpus(store, out_dir / EMB_DIR, cfg.embedder, corpus_key,
+                                  embedder if embedder is not None else get_embedder, log_metrics)
+        summary.update(stats)
+        dim = emb.dim
+        t0 = time.perf_counter()
+        if icfg.shards > 1:
+            summary["reused_index_shards"] = float(
+                write_flat_shards(index_path, emb.row_range, n, dim, icfg.shards, identity))
+        else:
+            index = build_faiss(emb, icfg)
+            if icfg.kind == "ivfpq":
+                meta["ivf_nlist"] = effective_nlist(icfg, n)
+            if icfg.kind in ("hnsw", "ivfpq"):
+                set_search_params(index, icfg)
+                summary[f"recall_at_{cfg.topk}"] = measure_recall(index, emb, store, get_embedder(), cfg)
+            write_index(index, index_path)
+        summary["index_seconds"] = time.perf_counter() - t0
+        if not icfg.keep_embeddings:
+            shutil.rmtree(out_dir / EMB_DIR)
+    summary["dims"] = float(dim)
+    meta.update(embedder=embedder_identity(cfg.embedder), dims=dim, shards=icfg.shards)
+
+
+def _clear_other_layout(index_path: Path, sharded: bool) -> None:
+    """index.faiss is a file (one index) or a folder (shards): remove the other one left by an earlier build."""
+    if sharded and index_path.is_file():
+        index_path.unlink()
+    elif not sharded and index_path.is_dir():
+        shutil.rmtree(index_path)
 
 
 def _ensure_passages(shards: list[Path], out_dir: Path, corpus_key: str) -> PassageStore:
