@@ -11,7 +11,7 @@ import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from searchr1.io import atomic_dir, digest
+from searchr1.io import atomic_dir, digest, file_lock
 
 if TYPE_CHECKING:  # a type only: importing agent at run time closes retrieval -> models -> agent -> retrieval
     from searchr1.agent.config import PolicyConfig
@@ -95,13 +95,17 @@ def resolve_policy(cfg: PolicyConfig, cache_root: Path) -> Path | str:
     out = Path(cache_root) / "models" / f"{name}-{digest([CONVERSION_VERSION, cfg.model_dump(mode='json')])}"
     if (out / "config.json").is_file():
         return out
-    with atomic_dir(out) as tmp:
-        if cfg.model.startswith(WHEEL_PREFIX):
-            _convert_gguf(find_gguf(cfg.model.removeprefix(WHEEL_PREFIX)), tmp, cfg)
-        else:
-            _copy_local(Path(cfg.model), tmp)
-        if cfg.chat_template == "qwen2.5":
-            set_chat_template(tmp, qwen25_chat_template())
+    # Two first runs would both convert into the same staging folder: the second waits, then reuses.
+    with file_lock(out.with_name(out.name + ".lock")):
+        if (out / "config.json").is_file():
+            return out
+        with atomic_dir(out) as tmp:
+            if cfg.model.startswith(WHEEL_PREFIX):
+                _convert_gguf(find_gguf(cfg.model.removeprefix(WHEEL_PREFIX)), tmp, cfg)
+            else:
+                _copy_local(Path(cfg.model), tmp)
+            if cfg.chat_template == "qwen2.5":
+                set_chat_template(tmp, qwen25_chat_template())
     return out
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from searchr1.agent.trace import AGENT
 from searchr1.config import flatten
 from searchr1.io import atomic_file, write_text_atomic
 from searchr1.summaries import CorpusSummary, StageSummary, TrainSummary
@@ -233,7 +234,7 @@ def _headline(results: pd.DataFrame | None, analysis: Mapping[str, Any] | None) 
     lines = []
     if results is not None:
         em = results[(results["metric"] == "em") & (results["benchmark"] == "average")]
-        agent = em[em["method"] == "search_agent"].sort_values("step")
+        agent = em[em["method"] == AGENT].sort_values("step")
         if not agent.empty:
             first, last = agent.iloc[0], agent.iloc[-1]
             best = agent.loc[agent["value"].idxmax()]
@@ -264,7 +265,7 @@ def _baselines(results: pd.DataFrame | None) -> str:
                           aggfunc="first").reset_index()
     benches = [c for c in wide.columns if c not in ("method", "checkpoint", "step") and c != "average"]
     cols = ["method", "checkpoint"] + sorted(benches) + (["average"] if "average" in wide.columns else [])
-    order = {"direct": 0, "rag": 1, "search_agent": 2}
+    order = {"direct": 0, "rag": 1, AGENT: 2}
     wide = wide.sort_values(["method", "step"], key=lambda s: s.map(order).fillna(9) if s.name == "method" else s)
     return ("Exact match of every method at every evaluated checkpoint (direct = the model answers without "
             "search; rag = top-k passages retrieved for the question, then one answer):\n\n" + _table(wide, cols))

@@ -348,7 +348,7 @@ def headline_metrics(evaluate_dir: Path | None, reflection_dir: Path | None) -> 
     results = Path(evaluate_dir) / "results.parquet" if evaluate_dir else None
     step = None
     if results is not None and results.is_file():
-        from searchr1.evaluation.evaluate import AGENT, AVERAGE
+        from searchr1.agent.trace import AGENT, AVERAGE
 
         df = pd.read_parquet(results)
         agent = df[df["method"] == AGENT]

@@ -6,7 +6,8 @@ from test_agent_fixtures import QUESTIONS, CharTokenizer, KeywordSearcher, Scrip
 from searchr1.agent.config import AgentConfig
 from searchr1.agent.generators import cut_turn
 from searchr1.agent.prompts import SEARCH_R1_INVALID
-from searchr1.agent.rollout import run_agent, run_baseline, tool_glue
+from searchr1.agent.protocol import tool_glue
+from searchr1.agent.rollout import run_agent, run_baseline
 from searchr1.agent.trace import ROLLOUT_SCHEMA, model_text, read_rollouts, write_rollouts
 
 

@@ -18,7 +18,7 @@ from test_verl_fixtures import (
     unpad,
 )
 
-from searchr1.agent.rollout import _turn_end_text, tool_glue
+from searchr1.agent.protocol import tool_glue, turn_end_text
 from searchr1.retrieval.client import RetrievalClient
 
 pytestmark = pytest.mark.slow  # a retrieval server subprocess, verl's imports (~10 s)
@@ -92,7 +92,7 @@ def test_search_then_answer_tool_text_masked_and_rewarded(tool_call, tokenizer, 
     assert len(tokenizer(observation, add_special_tokens=False)["input_ids"]) <= proto.max_obs_tokens
     before, after = tool_glue(tokenizer)
     assert tokenizer.decode(fed[0]) == before + observation + after  # turn 1 did not end with <|im_end|>
-    assert before.startswith(_turn_end_text(tokenizer))
+    assert before.startswith(turn_end_text(tokenizer))
     assert (extra["search_calls"], extra["search_errors"], extra["stop_reason"]) == (1, 0, "answer")
     # the reward: exact match of the last answer the model wrote
     text = tokenizer.decode(response, skip_special_tokens=True)

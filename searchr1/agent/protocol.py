@@ -43,6 +43,31 @@ STOP_STRINGS: dict[str, tuple[str, ...]] = {"tool_call": ("</tool_call>", "</ans
 Decision = Literal["search", "retry"] | StopReason
 
 
+def tool_glue(tokenizer: Any) -> tuple[str, str]:
+    """(before, after) the tool result, as the chat template renders a tool message after an
+    assistant turn and opens the next assistant turn. Falls back to the seed's inline
+    `<tool_response>` when the template has no tool role."""
+    a, b = "\x00ASSISTANT\x00", "\x00TOOL\x00"
+    msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": a}, {"role": "tool", "content": b}]
+    try:
+        text = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    except Exception:  # templates without a tool role raise (jinja's raise_exception)
+        text = ""
+    if a in text and b in text:
+        glue = text.split(a, 1)[1]
+        before, after = glue.split(b, 1)
+        return before, after
+    return "<tool_response>\n", "\n</tool_response>"
+
+
+def turn_end_text(tokenizer: Any) -> str:
+    """The text of the token that closes an assistant turn (ChatML's <|im_end|>, else EOS)."""
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
+        return "<|im_end|>"
+    return tokenizer.eos_token or ""
+
+
 def truncate_tokens(text: str, tokenizer: Any, max_tokens: int) -> str:
     """The first `max_tokens` tokens of `text` (Search-R1's `max_obs_length` cut)."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -106,6 +131,18 @@ class AgentProtocol:
         """How the observation is written into the search_r1 style's text (the tool_call style's glue is
         the chat template's tool message, which every engine renders the same way)."""
         return f"\n\n<information>{observation.strip()}</information>\n\n"
+
+    def tool_text(self, tokenizer: Any, observation: str, ended_with_eos: bool) -> tuple[str, str]:
+        """(as the conversation reads, as fed to the model) after a search: the chat template's tool
+        message around the observation, or Search-R1's `<information>` block. The template's tool
+        message starts by closing the assistant turn; when the model already closed it with its end
+        token, that token is in the history and is not fed twice."""
+        if self.style != "tool_call":
+            text = self.wrap_observation(observation)
+            return text, text
+        before, after = tool_glue(tokenizer)
+        text, eos = before + observation + after, turn_end_text(tokenizer)
+        return text, (text[len(eos):] if ended_with_eos and eos and text.startswith(eos) else text)
 
     invalid_action_hint = SEARCH_R1_INVALID
 

@@ -69,37 +69,11 @@ def render_prompt(tokenizer: Any, messages: list[dict[str, str]], tools: list | 
     return tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
 
 
-def tool_glue(tokenizer: Any) -> tuple[str, str]:
-    """(before, after) the tool result, as the chat template renders a tool message after an
-    assistant turn and opens the next assistant turn. Falls back to the seed's inline
-    `<tool_response>` when the template has no tool role."""
-    a, b = "\x00ASSISTANT\x00", "\x00TOOL\x00"
-    msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": a}, {"role": "tool", "content": b}]
-    try:
-        text = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-    except Exception:  # templates without a tool role raise (jinja's raise_exception)
-        text = ""
-    if a in text and b in text:
-        glue = text.split(a, 1)[1]
-        before, after = glue.split(b, 1)
-        return before, after
-    return "<tool_response>\n", "\n</tool_response>"
-
-
-def _turn_end_text(tokenizer: Any) -> str:
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
-        return "<|im_end|>"
-    return tokenizer.eos_token or ""
-
-
 def run_agent(questions: Sequence[Question], generator: Generator, searcher: Searcher, cfg: AgentConfig,
               *, progress: bool = True, desc: str = "rollouts") -> list[Rollout]:
     """Search-agent rollouts for all questions, `cfg.batch_size` at a time, under the agent protocol."""
     proto = AgentProtocol.from_config(cfg)
     tok = generator.tokenizer
-    eos_text = _turn_end_text(tok)
-    before, after = tool_glue(tok)
     rollouts = [Rollout(q, proto.render_prompt(tok, q["question"])) for q in questions]
     bar = tqdm(total=len(rollouts), desc=desc, disable=not progress)
     for lo in range(0, len(rollouts), cfg.batch_size):
@@ -138,15 +112,8 @@ def run_agent(questions: Sequence[Question], generator: Generator, searcher: Sea
                     pos += len(qs)
                     ro.queries.extend(qs)
                     ro.doc_ids.extend(str(h["document"]["id"]) for hs in mine for h in hs)
-                    results = proto.observation(mine, tok)
-                    if proto.style == "tool_call":
-                        glue = before + results + after
-                        # The template's tool message starts by closing the assistant turn; if the model
-                        # already closed it with its end token, that token is in the history: skip it.
-                        fed = glue[len(eos_text):] if ended_with_eos and glue.startswith(eos_text) else glue
-                    else:
-                        glue = fed = proto.wrap_observation(results)
-                    ro.segments.append({"role": "tool", "text": glue})
+                    shown, fed = proto.tool_text(tok, proto.observation(mine, tok), ended_with_eos)
+                    ro.segments.append({"role": "tool", "text": shown})
                     ro.response_tokens += generator.extend(row, fed)
             active = [row for row in active if batch[row].stop_reason is None]
         for row, ro in enumerate(batch):

@@ -17,7 +17,9 @@ import pyarrow.parquet as pq
 from searchr1.io import atomic_file
 
 Role = Literal["assistant", "tool"]
-Method = Literal["search_agent", "direct", "rag"]
+# The names rows carry: the search agent's method, and the macro-average "benchmark" of result tables.
+AGENT = "search_agent"
+AVERAGE = "average"
 StopReason = Literal["answer", "max_turns", "max_tokens", "no_action"]
 
 

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from searchr1 import faults
 from searchr1.agent.generators import Generator, make_generator
 from searchr1.agent.rollout import run_agent, run_baseline, summarize_rows
-from searchr1.agent.trace import ROLLOUT_SCHEMA, Question, write_rollouts
+from searchr1.agent.trace import AGENT, AVERAGE, ROLLOUT_SCHEMA, Question, write_rollouts
 from searchr1.io import atomic_file
 from searchr1.retrieval.base import Searcher
 from searchr1.tracking import MetricsLogger, null_logger
@@ -29,8 +29,6 @@ if TYPE_CHECKING:
     from searchr1.config import PipelineConfig
 
 METRICS = ("em", "f1", "contains", "mean_turns", "search_calls", "invalid_call_rate", "format_failure_rate")
-AGENT = "search_agent"
-AVERAGE = "average"
 
 
 def checkpoint_name(step: int) -> str:

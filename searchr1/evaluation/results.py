@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from searchr1.evaluation.evaluate import AGENT, AVERAGE
+from searchr1.agent.trace import AGENT, AVERAGE
 from searchr1.io import atomic_file, write_text_atomic
 
 # Pass@1 EM (%) for Qwen2.5-3B-Instruct, GRPO, from DESIGN.md.

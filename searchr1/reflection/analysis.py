@@ -24,7 +24,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from searchr1.agent.trace import ROLLOUT_SCHEMA
+from searchr1.agent.trace import AGENT, ROLLOUT_SCHEMA
 from searchr1.io import atomic_file, write_json_atomic, write_text_atomic
 from searchr1.reflection import plots, stats
 from searchr1.reflection.config import ReflectionConfig
@@ -32,7 +32,6 @@ from searchr1.reflection.detect import PhraseMatch, matches_in_segments
 from searchr1.reflection.lexicon import Lexicon, load_lexicon
 from searchr1.tracking import MetricsLogger, null_logger
 
-METHOD = "search_agent"
 SCORE_METRIC = "em"
 _COLUMNS = ["checkpoint", "step", "method", "benchmark", "question_id", "question", "golden_answers",
             "prediction", "em", "segments", "gen_tokens"]
@@ -115,18 +114,18 @@ def annotate(frame: pd.DataFrame, lexicon: Lexicon, examples: list[dict] | None 
 
 def load_eval(eval_dir: Path, lexicon: Lexicon, examples: list[dict]) -> pd.DataFrame:
     root = Path(eval_dir) / "rollouts"
-    files = sorted(root.glob(f"*/{METHOD}__*.parquet"))
+    files = sorted(root.glob(f"*/{AGENT}__*.parquet"))
     if not files:
-        raise AnalysisInputError(f"{root}: no {METHOD} rollouts found (expected <checkpoint>/{METHOD}__"
+        raise AnalysisInputError(f"{root}: no {AGENT} rollouts found (expected <checkpoint>/{AGENT}__"
                                  f"<benchmark>.parquet files)")
     parts = []
     for f in tqdm(files, desc="reflection: evaluation rollouts", leave=False):
         df = _read(f)
-        df = df[df["method"] == METHOD]
+        df = df[df["method"] == AGENT]
         if not df.empty:
             parts.append(annotate(df, lexicon, examples, desc=f.parent.name + "/" + f.stem))
     if not parts:
-        raise AnalysisInputError(f"{root}: the {METHOD} rollout files hold no rows")
+        raise AnalysisInputError(f"{root}: the {AGENT} rollout files hold no rows")
     return pd.concat(parts, ignore_index=True)
 
 
@@ -152,7 +151,7 @@ def load_scores(eval_dir: Path, rollouts: pd.DataFrame) -> pd.DataFrame:
         need = {"checkpoint", "step", "method", "benchmark", "metric", "value"}
         if not need <= set(res.columns):
             raise AnalysisInputError(f"{path}: expected columns {sorted(need)}, found {sorted(res.columns)}")
-        res = res[(res["method"] == METHOD) & (res["metric"] == SCORE_METRIC)]
+        res = res[(res["method"] == AGENT) & (res["metric"] == SCORE_METRIC)]
         if not res.empty:
             return res[["checkpoint", "step", "benchmark", "value"]].rename(columns={"value": "score"})
     per = rollouts.groupby(["checkpoint", "step", "benchmark"], as_index=False)["em"].mean()

@@ -34,7 +34,7 @@ from searchr1.agent.config import AgentConfig
 from searchr1.agent.generators import TransformersGenerator
 from searchr1.agent.protocol import AgentProtocol
 from searchr1.agent.rollout import Rollout, run_agent
-from searchr1.agent.trace import model_text, write_rollouts
+from searchr1.agent.trace import AGENT, model_text, write_rollouts
 from searchr1.retrieval.base import Searcher
 from searchr1.tracking import MetricsLogger, committed_metrics, null_logger
 from searchr1.training.checkpoints import COMPLETE_MARKER, checkpoints_dir, latest_checkpoint, step_name
@@ -42,7 +42,6 @@ from searchr1.training.data import read_trl_rows
 
 ROLLOUTS_DIR = "rollouts"
 STAGING_DIR = ".trainer"  # the Trainer writes checkpoint-N here; we rename it into checkpoints/
-METHOD = "search_agent"
 
 
 # ---------------------------------------------------------------- rollouts and reward
@@ -94,7 +93,7 @@ class SearchR1Reward:
         for i, ro in enumerate(rollout):
             ro.question = {**ro.question, "id": str(question_id[i]), "golden_answers": list(golden_answers[i])}
             rewards.append(self.protocol.reward(model_text(ro.segments), golden_answers[i], self.format_reward))
-            rows.append(ro.to_row("train", step, METHOD, benchmark[i]))
+            rows.append(ro.to_row("train", step, AGENT, benchmark[i]))
         write_rollouts(rows, self.rollouts_dir / f"{step_name(step)}.parquet")
         self.pending[step] = step_metrics(rows)
         if rollout_seconds:  # generation's share of the step (the rest: log-probs, reference, backward)

@@ -26,7 +26,6 @@ from verl.utils.profiler import simple_timer
 
 from searchr1.agent.generators import cut_turn, end_token_ids
 from searchr1.agent.protocol import AgentProtocol
-from searchr1.agent.rollout import _turn_end_text, tool_glue
 from searchr1.agent.trace import Segment, model_text
 from searchr1.training.verl_plugins import AGENT_NAME, TOOL_NAME
 from searchr1.training.verl_plugins.reward import MODEL_TEXT
@@ -59,16 +58,6 @@ class Episode:
             self.logprobs += list(logprobs) if logprobs is not None else [0.0] * len(ids)
 
 
-def tool_text(protocol: AgentProtocol, glue: tuple[str, str], eos_text: str, observation: str,
-              ended_with_eos: bool) -> str:
-    """The text fed after a search, as the evaluation loop feeds it: the chat template's tool message
-    (without the turn's end token when the model already wrote it) or Search-R1's `<information>` block."""
-    if protocol.style != "tool_call":
-        return protocol.wrap_observation(observation)
-    text = glue[0] + observation + glue[1]
-    return text[len(eos_text):] if ended_with_eos and eos_text and text.startswith(eos_text) else text
-
-
 @register(AGENT_NAME)
 class SearchAgentLoop(AgentLoopBase):
     """verl instantiates it per trajectory with the agent-loop config's `protocol` (AgentProtocol fields)."""
@@ -91,7 +80,6 @@ class SearchAgentLoop(AgentLoopBase):
                              f"{self.protocol}: write both config files from one config")
         self.response_length = int(self.rollout_config.response_length)
         self.end_ids = end_token_ids(None, self.tokenizer)
-        self.glue, self.eos_text = tool_glue(self.tokenizer), _turn_end_text(self.tokenizer)
 
     def messages(self, kwargs: dict[str, Any]) -> list[dict[str, str]]:
         """The protocol's messages for the row's question; the row's own prompt must be the same."""
@@ -121,7 +109,7 @@ class SearchAgentLoop(AgentLoopBase):
             if decision == "search":
                 with simple_timer("tool_calls", metrics):
                     observation = await self._search(parsed.queries, kwargs.get("tools_kwargs") or {}, ep)
-                fed = tool_text(self.protocol, self.glue, self.eos_text, observation, ended_with_eos)
+                _, fed = self.protocol.tool_text(self.tokenizer, observation, ended_with_eos)
             elif decision == "retry":
                 fed = self.protocol.invalid_action_hint
             else:
