@@ -184,6 +184,7 @@ def test_health_and_loopback_default(url):
 
 
 def test_running_server_reports_a_failed_start(tmp_path, cfg):
+    (tmp_path / "no-index").mkdir()  # a folder, so the server gets as far as reading the index
     with pytest.raises(RuntimeError, match="(?s)exited with code 2.*index_meta.json: missing"):
         with running_server(tmp_path / "no-index", cfg, timeout=60):
             pass
