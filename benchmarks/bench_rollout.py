@@ -48,11 +48,20 @@ class SeedLoopGenerator:
 
     def start(self, prompts: Sequence[str]) -> list[int]:
         self.history = list(prompts)
+        self.pieces: list[list[tuple[list[int], int]]] = [[] for _ in prompts]  # (ids, 1 if generated)
         return [len(self.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
 
     def extend(self, row: int, text: str) -> int:
         self.history[row] += text
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        self.pieces[row].append((ids, 0))
+        return len(ids)
+
+    def completion(self, row: int) -> tuple[list[int], list[int]]:
+        while self.pieces[row] and self.pieces[row][-1][1] == 0:  # tool text no turn followed
+            self.pieces[row].pop()
+        return ([t for ids, _ in self.pieces[row] for t in ids],
+                [g for ids, g in self.pieces[row] for _ in ids])
 
     def generate(self, rows: Sequence[int], max_new_tokens: int, stop: Sequence[str]) -> list[TurnOutput]:
         outs = []
@@ -65,6 +74,7 @@ class SeedLoopGenerator:
             tokens = seq[0, enc["input_ids"].shape[1]:].tolist()
             n, eos = cut_turn(tokens, self.tokenizer.batch_decode([[t] for t in tokens]), self.end_ids, stop)
             self.history[r] += self.tokenizer.decode(tokens[:n])
+            self.pieces[r].append((tokens[:n], 1))
             outs.append(TurnOutput(self.tokenizer.decode(tokens[:n], skip_special_tokens=True), n, eos,
                                    n == max_new_tokens and not eos))
         return outs

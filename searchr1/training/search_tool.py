@@ -1,9 +1,9 @@
-"""The `search` tool as TRL calls it: a plain Python function over a `Searcher`, under the agent protocol.
+"""The `search` tool as a plain Python function over a `Searcher`, under the agent protocol.
 
-TRL builds the tool's JSON schema from the function's signature and docstring, so the docstring
-below is written to give exactly `searchr1.agent.prompts.SEARCH_TOOL_SCHEMA` (a test checks it).
-Query cleaning and the observation text are the protocol's (`AgentProtocol`), as in evaluation
-and in the verl tool.
+verl's `SearchTool` (training.verl_plugins.tool) executes it; its signature and docstring also give
+exactly `searchr1.agent.prompts.SEARCH_TOOL_SCHEMA` to any engine that derives a schema from a
+function (TRL's `tools=`, transformers' `get_json_schema`). Query cleaning and the observation text
+are the protocol's (`AgentProtocol`), as in the evaluation loop, which the TRL engine trains with.
 """
 
 from __future__ import annotations
