@@ -44,7 +44,7 @@ SMALL = [
     "corpus.synthetic.n_works=30", "corpus.synthetic.questions_per_skill=24", "corpus.wiki18.shard_rows=50",
     "questions.max_eval_questions=2", "training.warm_start.n_examples=8", "training.grpo.steps=2",
     "training.grpo.save_every=1", "training.grpo.prompts_per_step=1", "training.grpo.group_size=2",
-    "training.grpo.max_completion_length=64", "agent.max_new_tokens=32", "agent.max_turns=2",
+    "agent.max_response_tokens=64", "agent.max_new_tokens=32", "agent.max_turns=2",
 ]
 
 
