@@ -71,10 +71,8 @@ def test_cpu_linear_keeps_its_weight_for_verl_weight_sync() -> None:
     assert torch.allclose(method.apply(layer, x).float(), torch.nn.functional.linear(x, new).float(), atol=1e-2)
 
 
-# What the run reaches today (docs/verl_cpu_step.log), in order; the rest of STAGES is the open work.
-REACHED = ("ray_started", "actor_engine_ready", "vllm_server_started", "ready_to_fit")
-STOP_POINT = ("the first actor -> vLLM weight sync: vLLM refuses verl's bucket holding SmolLM2's tied "
-              "lm_head.weight without model.embed_tokens.weight (plug-in drop not yet confirmed in a run)")
+# The run reaches every stage (docs/verl_cpu_step.log); what is open is SmolLM2-135M calling the tool.
+REACHED = ("ray_started", "actor_engine_ready", "vllm_server_started", "ready_to_fit", "weight_sync", "step_metrics")
 
 
 @pytest.fixture(scope="module")
@@ -90,18 +88,16 @@ def step_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], 
     return json.loads(result_path.read_text()), proc
 
 
-def test_step_reaches_its_known_stages(step_run: tuple[dict[str, Any], subprocess.CompletedProcess]) -> None:
-    result, proc = step_run
-    assert result["stages"][:len(REACHED)] == list(REACHED), f"reached {result['stages']}\n{proc.stdout[-4000:]}"
-
-
-@pytest.mark.xfail(strict=True, reason=f"open (issue 14, 5d): the step stops at {STOP_POINT}")
 def test_one_grpo_step_on_cpu(step_run: tuple[dict[str, Any], subprocess.CompletedProcess]) -> None:
     result, proc = step_run
-    stages, tail = result["stages"], proc.stdout[-4000:]
-    assert "step_metrics" in stages, f"stage step_metrics not reached; reached {stages}\n{tail}"
-    metrics = _metrics(result["step_metrics"])
-    assert metrics.get("search/calls", 0) > 0, f"no search call in the step: {result['step_metrics']}"
-    assert metrics.get("search/failed_calls", 1) == 0, result["step_metrics"]
+    tail = proc.stdout[-4000:]
+    assert result["stages"] == list(REACHED), f"reached {result['stages']}\n{tail}"
     assert result["checkpoints"] == ["global_step_1"], result
+    assert _metrics(result["step_metrics"]).get("search/failed_calls", 1) == 0, result["step_metrics"]
     assert proc.returncode == 0, tail
+
+
+@pytest.mark.xfail(strict=True, reason="open (issue 14, 5d): untrained SmolLM2-135M emits no tool call in 2x2 rollouts")
+def test_the_step_rolls_out_with_searches(step_run: tuple[dict[str, Any], subprocess.CompletedProcess]) -> None:
+    result, _ = step_run
+    assert _metrics(result["step_metrics"]).get("search/calls", 0) > 0, result["step_metrics"]

@@ -87,7 +87,7 @@ STAGES = [
     ("vllm_server_started", re.compile(r"LLMServerManager: \[")),  # the trainer holds the server's address
     ("ready_to_fit", re.compile(r"all initialize finished, ready to fit")),
     ("weight_sync", re.compile(r"Loading standard weights \(non-FP8, async\), loaded_params: [1-9]")),
-    ("step_metrics", re.compile(r"^step:1 - ", re.M)),
+    ("step_metrics", re.compile(r"step:1 - ")),  # after Ray's (coloured) "(TaskRunnerV1 pid=..) " prefix
 ]
 
 
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                     break
             rc = proc.wait()
     checkpoints = sorted(p.name for p in (plan.checkpoint_dir).glob("global_step_*"))
-    metrics_lines = [ln for ln in text.splitlines() if ln.startswith("step:1 - ")]
+    metrics_lines = [ln[ln.index("step:1 - "):] for ln in text.splitlines() if "step:1 - " in ln]
     result = {"returncode": rc, "stages": stages_reached(text), "times": times, "checkpoints": checkpoints,
               "step_metrics": metrics_lines[-1] if metrics_lines else None, "log": str(log_path)}
     (out / "stages.json").write_text(json.dumps(result, indent=1))
