@@ -27,7 +27,7 @@ from searchr1.corpus.samples import SampleFiles, reference_samples, write_sample
 
 # Tiers whose tests may skip because what they need is outside the repository (real data, optional
 # extras). A skip of any other test fails the run: a clone must exercise every core code path.
-OPTIONAL_MARKERS: tuple[str, ...] = ("realdata", "verl_cpu")
+OPTIONAL_MARKERS: tuple[str, ...] = ("realdata", "verl_cpu", "vllm")
 
 # The real samples (wiki-18 rows, NQ questions) that CI keeps beside the repository.
 REFERENCE_DATA = Path(os.environ.get("SEARCHR1_REFERENCE_DATA")
