@@ -133,7 +133,9 @@ def start_server(timeout: float) -> str:
                          f"healthy Prefect API; stop it or choose another port (make serve PREFECT_PORT=4300)")
     argv = [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(port()),
             "--analytics-off"]
-    pid = _spawn("server", argv, _env(PREFECT_API_URL=""))
+    # the UI in the browser calls the API at PREFECT_UI_API_URL, which otherwise defaults to port 4200
+    pid = _spawn("server", argv, _env(PREFECT_API_URL="", PREFECT_SERVER_API_HOST=HOST,
+                                      PREFECT_SERVER_API_PORT=str(port()), PREFECT_UI_API_URL=url))
     print(f"Prefect server: starting on {url} (pid {pid}, log {home() / 'server.log'})", flush=True)
     t0 = time.monotonic()
     _wait(lambda: healthy(url), f"Prefect server on {url}", pid, "server", timeout)

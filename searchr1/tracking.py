@@ -33,10 +33,11 @@ NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 UI_ENV = "SEARCHR1_MLFLOW_UI"
 # A view of the runs table that the UI loads from an experiment tag when a link names its key (what its
-# "Share" button writes): the headline metric columns, newest runs first, recent pipeline runs expanded.
+# "Share" button writes): the headline metric columns, readable, newest runs first. (Which rows are
+# expanded is not part of a shared view: a parent run's stage runs open with its + button.)
 VIEW_KEY = "searchr1-headline"
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
-_VIEW_EXPANDED_RUNS = 20
+_VIEW_FIRST_COLUMNS = ("attributes.`Run Name`", "runDateAndNestInfo", "duration")  # the table's own column ids
 EMPTY_VIEW = json.dumps({"orderByKey": "attributes.start_time", "orderByAsc": False, "selectedColumns": []})
 _MAX_PARAM_CHARS = 6000
 _SECRET_WORDS = ("token", "secret", "password", "api_key", "apikey", "credential")
@@ -279,18 +280,18 @@ class PipelineTracker:
         self._update_view(metrics)
 
     def _update_view(self, metrics: Mapping[str, float]) -> None:
-        """Add these metric columns and this parent run (expanded, its stage runs beneath) to the saved view."""
+        """Add these metrics' columns to the saved view (every pipeline run's headline keys, one column each)."""
         tags = self.client.get_experiment(self.experiment_id).tags
         try:
             old = json.loads(tags.get(VIEW_TAG, "{}"))
         except json.JSONDecodeError:
             old = {}
-        columns = list(old.get("selectedColumns", []))
-        columns += [c for c in (f"metrics.`{k}`" for k in sorted(metrics, key=_headline_order)) if c not in columns]
-        expanded = {k: v for k, v in old.get("runsExpanded", {}).items() if k != self.parent.run_id}
-        expanded = dict(list(expanded.items())[-(_VIEW_EXPANDED_RUNS - 1):]) | {self.parent.run_id: True}
+        names = {c[len("metrics.`"):-1] for c in old.get("selectedColumns", []) if c.startswith("metrics.`")}
+        columns = [f"metrics.`{k}`" for k in sorted(names | set(metrics), key=_headline_order)]
         view = {"orderByKey": "attributes.start_time", "orderByAsc": False, "selectedColumns": columns,
-                "runsExpanded": expanded}
+                # the UI applies widths only to columns named in columnOrder; wide enough for the whole name
+                "columnOrder": [*_VIEW_FIRST_COLUMNS, *columns],
+                "columnWidths": {c: int(6.5 * (len(c) - len("metrics.``"))) + 30 for c in columns}}
         self.client.set_experiment_tag(self.experiment_id, VIEW_TAG, json.dumps(view, separators=(",", ":")))
 
     def stage(self, stage: str, key: str) -> StageRun:
@@ -317,8 +318,9 @@ class PipelineTracker:
 
 
 def _headline_order(name: str) -> tuple[int, str]:
-    """Average exact match first, then the other headline numbers, then EM per benchmark."""
-    return (0 if name.endswith("/em/average") else 2 if "/em/" in name else 1, name)
+    """Average exact match first, then searches and reflection, the checkpoint, then EM per benchmark."""
+    rank = 0 if name.endswith("/em/average") else 3 if "/em/" in name else 2 if name.endswith("checkpoint_step") else 1
+    return rank, name
 
 
 def describe(label: str, pipeline_run_id: str, config: Mapping[str, Any], config_source: str | None,

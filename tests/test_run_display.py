@@ -114,6 +114,7 @@ def test_saved_view_shows_headline_columns_and_expands_recent_parents(tmp_path):
     view = json.loads(tags[VIEW_TAG])
     assert view["selectedColumns"] == ["metrics.`headline/em/average`", "metrics.`headline/search_calls_per_question`",
                                        "metrics.`headline/em/bridge`"]  # each column once, average first
-    assert list(view["runsExpanded"]) == parents
+    assert view["columnOrder"][-3:] == view["selectedColumns"]
+    assert set(view["columnWidths"]) == set(view["selectedColumns"])
     run = tracker.client.get_run(parents[1])
     assert run.info.run_name == "tiny-v-2" and run.data.metrics["headline/em/average"] == 0.25

@@ -59,6 +59,8 @@ def test_serve_is_idempotent_runs_a_deployment_and_stops_and_make_run_needs_none
         assert _environ(pids["serve-tiny"]).get("HF_HUB_OFFLINE") == "1"
         assert "HF_HUB_OFFLINE" not in _environ(pids["serve-paper"])
         assert _environ(pids["serve-tiny"])["PREFECT_API_URL"] == url
+        # the UI in a browser calls this port's API (Prefect's default would be 4200)
+        assert httpx.get(f"http://127.0.0.1:{port}/ui-settings", timeout=10).json()["api_url"] == url
 
         prefect = [sys.executable, "-m", "prefect", "deployment", "run", "reproduce-search-r1/tiny"]
         overrides = json.dumps(SMALL + [f"run.artifacts_dir={tmp_path / 'artifacts'}"])
