@@ -28,3 +28,23 @@ def test_init_model_is_its_own_column_with_baselines(tmp_path: Path, fake_models
     assert "eval-warm-start/search_agent/average/em" in logged[1][0]  # no clash with the base's series
     with pytest.raises(ValueError, match="collides"):
         ev.evaluate_checkpoints([(0, "b")], questions, None, PipelineConfig(), tmp_path / "x", init=("base", "w"))
+
+
+def test_results_table_keeps_base_and_warm_start_apart(tmp_path: Path, fake_models):  # noqa: F811
+    """Both are step 0: the table's columns must be the checkpoint's own numbers, not the first at that step."""
+    from searchr1.evaluation.results import results_table
+
+    ev.evaluate_checkpoints([(0, "base-folder"), (4, "ckpt-4")], {"single_hop": QUESTIONS[:3]}, KeywordSearcher(),
+                            PipelineConfig(), tmp_path, progress=False, init=("warm-start", "ws-folder"))
+    res = pd.read_parquet(tmp_path / "results.parquet")
+    res.loc[(res["checkpoint"] == "warm-start") & (res["method"] == "rag") & (res["metric"] == "em"), "value"] = 0.125
+    res.to_parquet(tmp_path / "results.parquet", index=False)
+    md = results_table(tmp_path / "results.parquet", tmp_path, reference=False)["markdown"].read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| benchmark"))
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    for label in ("search_agent @ base", "search_agent @ warm-start", "rag @ base", "rag @ warm-start"):
+        assert label in cols, label
+    avg = next(line for line in md.splitlines() if line.startswith("| average"))
+    values = dict(zip(cols, (v.strip() for v in avg.strip("|").split("|")), strict=True))
+    assert values["rag @ warm-start"] == "12.5" and values["rag @ base"] != "12.5"
+    assert "| warm-start |" in md  # its own behaviour row

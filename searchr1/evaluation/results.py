@@ -24,25 +24,28 @@ SEED_STATED = "The seed states an average of 0.349 for its run and 0.270 for its
 BEHAVIOUR = ("mean_turns", "search_calls", "invalid_call_rate", "format_failure_rate")
 
 
-def _columns(frame: Any) -> list[tuple[str, str, int]]:
-    """(label, method, step) for each column of the table, in display order."""
-    steps = sorted(frame["step"].unique())
-    first, last = steps[0], steps[-1]
-    names = dict(zip(frame["step"], frame["checkpoint"], strict=False))
+def _columns(frame: Any) -> list[tuple[str, str, str, int]]:
+    """(label, method, checkpoint, step) for each column of the table, in display order.
+
+    Columns are keyed by checkpoint name, not step: the base model and the warm-started policy share step 0.
+    """
+    models = frame[["checkpoint", "step"]].drop_duplicates("checkpoint").sort_values("step", kind="stable")
+    ckpts, step_of = list(models["checkpoint"]), dict(zip(models["checkpoint"], models["step"], strict=True))
+    first = [c for c in ckpts if step_of[c] == step_of[ckpts[0]]]  # the base (and the warm-started policy)
+    ends = list(dict.fromkeys([*first, ckpts[-1]]))
     cols = []
-    agent_steps = steps if len(steps) <= 6 else [first, last]
-    for s in agent_steps:
-        if ((frame["method"] == AGENT) & (frame["step"] == s)).any():
-            cols.append((f"{AGENT} @ {names[s]}", AGENT, int(s)))
+    for c in ckpts if len(ckpts) <= 6 else ends:
+        if ((frame["method"] == AGENT) & (frame["checkpoint"] == c)).any():
+            cols.append((f"{AGENT} @ {c}", AGENT, c, int(step_of[c])))
     for method in sorted(m for m in frame["method"].unique() if m != AGENT):
-        for s in dict.fromkeys([first, last]):
-            if ((frame["method"] == method) & (frame["step"] == s)).any():
-                cols.append((f"{method} @ {names[s]}", method, int(s)))
+        for c in ends:
+            if ((frame["method"] == method) & (frame["checkpoint"] == c)).any():
+                cols.append((f"{method} @ {c}", method, c, int(step_of[c])))
     return cols
 
 
-def _value(frame: Any, method: str, step: int, bench: str, metric: str) -> float | None:
-    sel = frame[(frame["method"] == method) & (frame["step"] == step) & (frame["benchmark"] == bench)
+def _value(frame: Any, method: str, checkpoint: str, bench: str, metric: str) -> float | None:
+    sel = frame[(frame["method"] == method) & (frame["checkpoint"] == checkpoint) & (frame["benchmark"] == bench)
                 & (frame["metric"] == metric)]
     return None if sel.empty else float(sel["value"].iloc[0])
 
@@ -76,14 +79,14 @@ def results_table(results_parquet: Path, out_dir: Path, reference: bool) -> dict
     rows_order = [*benches, AVERAGE]
     cols = _columns(frame)
     if reference:  # this run = the last checkpoint's agent, with its baselines
-        last = max(s for _, m, s in cols)
-        cols = [c for c in cols if c[2] == last or c[1] != AGENT]
+        last = max(step for *_, step in cols)
+        cols = [c for c in cols if c[3] == last or c[1] != AGENT]
     n_of = {b: int(frame[(frame["benchmark"] == b) & (frame["method"] == AGENT)]["n"].max()) if
             ((frame["benchmark"] == b) & (frame["method"] == AGENT)).any() else 0 for b in rows_order}
 
     table: dict[str, dict[str, float | None]] = {}
-    for label, method, step in cols:
-        table[label] = {b: _value(frame, method, step, b, "em") for b in rows_order}
+    for label, method, ckpt, _ in cols:
+        table[label] = {b: _value(frame, method, ckpt, b, "em") for b in rows_order}
     if reference:
         for label, ref in REFERENCE_EM.items():
             vals: dict[str, float | None] = {b: (ref[b] / 100 if b in ref else None) for b in benches}
@@ -99,10 +102,10 @@ def results_table(results_parquet: Path, out_dir: Path, reference: bool) -> dict
         lines += ["", SEED_STATED + " Averages in this table are plain means over the benchmarks shown."]
     lines += ["", "## Search-agent behaviour (average over benchmarks)", "",
               "| checkpoint | " + " | ".join(BEHAVIOUR) + " |", "|" + "---|" * (len(BEHAVIOUR) + 1)]
-    for label, method, step in cols:
+    for _, method, ckpt, _ in cols:
         if method == AGENT:
-            vals = [_fmt(_value(frame, AGENT, step, AVERAGE, m), pct=False) for m in BEHAVIOUR]
-            lines.append(f"| {label.split(' @ ')[1]} | " + " | ".join(vals) + " |")
+            vals = [_fmt(_value(frame, AGENT, ckpt, AVERAGE, m), pct=False) for m in BEHAVIOUR]
+            lines.append(f"| {ckpt} | " + " | ".join(vals) + " |")
     out_dir.mkdir(parents=True, exist_ok=True)
     md = out_dir / "results.md"
     write_text_atomic(md, "\n".join(lines) + "\n")
