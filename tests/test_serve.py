@@ -86,3 +86,4 @@ def test_serve_is_idempotent_runs_a_deployment_and_stops_and_make_run_needs_none
                extra={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PREFECT_API_URL": ""})
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "questions" in run.stdout
+    assert "EventsWorker' failed" not in run.stdout + run.stderr  # task-run events reach the server

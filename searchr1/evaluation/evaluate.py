@@ -10,7 +10,6 @@ benchmarks (each benchmark counts once, as the paper averages its seven).
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow.parquet as pq
 
 from searchr1 import faults
-from searchr1.agent.generators import Generator, make_generator
+from searchr1.agent.generators import Generator, close_generator, make_generator
 from searchr1.agent.rollout import run_agent, run_baseline, summarize_rows
 from searchr1.agent.trace import AGENT, AVERAGE, ROLLOUT_SCHEMA, Question, write_rollouts
 from searchr1.io import atomic_file
@@ -131,8 +130,9 @@ def evaluate_checkpoints(checkpoints: list[tuple[int, Path | str]], questions: M
                     computed += 1
                     faults.point("evaluate.after_pair")
                 tables[(name, step, method, bench)] = pq.read_table(target, schema=ROLLOUT_SCHEMA).to_pylist()
-        del generator
-        gc.collect()
+        # vLLM's weights cannot be swapped in place on CPU (the reload leaves oneDNN's prepacked
+        # weights stale: other outputs than a fresh engine's), so each checkpoint gets its own engine
+        close_generator(generator)
     rows = results_rows(tables)
     for name, step, _ in models:  # MLflow series are per step: the init model's go under its own prefix
         prefix = "eval" if name == checkpoint_name(step) else f"eval-{name}"
