@@ -28,6 +28,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from searchr1 import markdown as md
+
 PROJECT = Path(__file__).resolve().parents[1]
 
 # In DAG order; each names a `searchr1.faults.point` in the code.
@@ -183,13 +185,12 @@ def run_chain(out: Path, points: list[str], until: str, overrides: Sequence[str]
 
 
 def markdown(s: dict) -> str:
-    lines = ["| kill point | fired | killed in | reused on entry | completed in the attempt | in stage when killed (s) "
-             "| rebuild after resume (s) | leftovers |", "|---|---|---|---|---|---|---|---|"]
-    for r in s["kills"]:
-        lines.append(f"| {r['point']} | {'yes' if r['fired'] else 'no'} | {r['killed_stage'] or '-'} | "
-                     f"{', '.join(r['cached_on_entry']) or '-'} | {', '.join(r['recomputed']) or '-'} | "
-                     f"{r['lost_seconds']} | {r.get('redone_seconds', '-')} | "
-                     f"{len(r['complete_looking_leftovers'])} |")
+    columns = ["kill point", "fired", "killed in", "reused on entry", "completed in the attempt",
+               "in stage when killed (s)", "rebuild after resume (s)", "leftovers"]
+    lines = [md.table(columns, [
+        (r["point"], "yes" if r["fired"] else "no", r["killed_stage"] or "-", ", ".join(r["cached_on_entry"]) or "-",
+         ", ".join(r["recomputed"]) or "-", r["lost_seconds"], r.get("redone_seconds", "-"),
+         len(r["complete_looking_leftovers"])) for r in s["kills"]])]
     lines += ["", f"Final attempt exit {s['final_exit']}; reference run exit {s['reference_exit']}.",
               "Outputs equal to the uninterrupted reference: " +
               ", ".join(f"{k}={'yes' if v else 'NO'}" for k, v in s["equal_to_reference"].items()),

@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from searchr1 import markdown
 from searchr1.agent.trace import AGENT
 from searchr1.config import flatten
 from searchr1.io import atomic_file, write_text_atomic
@@ -72,23 +73,14 @@ def _fmt(v: Any, digits: int = 3) -> str:
         text = ", ".join(_fmt(x) for x in v[:8]) + (f", … ({len(v)} in all)" if len(v) > 8 else "")
         return text
     s = json.dumps(v, default=str) if isinstance(v, dict) else str(v)
-    return _escape(s if len(s) <= 160 else s[:157] + "…")
-
-
-def _escape(text: str) -> str:
-    """Literal text in Markdown (stage summaries, config values): no tags, pipes or emphasis of its own."""
-    return "".join("\\" + ch if ch in "\\`*_[]<>|#~&" else ch for ch in " ".join(text.split()))
+    return markdown.escape(s if len(s) <= 160 else s[:157] + "…")
 
 
 def _table(rows: list[Mapping[str, Any]] | pd.DataFrame, columns: list[str] | None = None) -> str:
     df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
     if df.empty:
         return "_(none)_"
-    columns = columns or [str(c) for c in df.columns]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    for _, row in df.iterrows():
-        lines.append("| " + " | ".join(_fmt(row[c]) for c in columns) + " |")
-    return "\n".join(lines)
+    return markdown.frame_table(df, columns, lambda _column, value: _fmt(value))
 
 
 def _get(cfg: Mapping[str, Any], path: str, default: Any = None) -> Any:

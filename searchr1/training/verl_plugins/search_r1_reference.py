@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from searchr1 import markdown
+
 
 @dataclass(frozen=True)
 class Reference:
@@ -156,7 +158,5 @@ def problems(rows: list[Compared], deviations: Mapping[str, str]) -> list[str]:
 
 
 def markdown_table(rows: list[Compared]) -> str:
-    lines = ["| hyperparameter | Search-R1 | rendered verl run | why different |", "|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r.ref.name} | {r.ref.search_r1} | {r.rendered} | {'' if r.same else r.reason} |")
-    return "\n".join(lines) + "\n"
+    return markdown.table(["hyperparameter", "Search-R1", "rendered verl run", "why different"],
+                          [(r.ref.name, r.ref.search_r1, r.rendered, "" if r.same else r.reason) for r in rows]) + "\n"
