@@ -12,8 +12,9 @@ import pytest
 
 from searchr1.agent.trace import write_rollouts
 from searchr1.reflection import stats
-from searchr1.reflection.analysis import AnalysisInputError, analyse
+from searchr1.reflection.analysis import analyse
 from searchr1.reflection.config import ReflectionConfig
+from searchr1.reflection.load import AnalysisInputError
 
 BENCHMARKS = ("single_hop", "bridge")
 REFLECTIVE = "<think>The passage gives 1954. Wait, let me re-verify the second document.</think>"

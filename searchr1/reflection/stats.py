@@ -219,3 +219,35 @@ def pooled_em_difference(table: pd.DataFrame, *, confidence: float = 0.95) -> di
         out["verdict"] = (f"no clear EM difference between reflective and other rollouts within a checkpoint: "
                           f"{diff * 100:+.1f} EM points (MH), p = {p:.3g}; {counts}")
     return out
+
+
+def relations(checkpoints: pd.DataFrame, per_benchmark: pd.DataFrame, within: pd.DataFrame,
+              train_steps: pd.DataFrame | None, *, bootstrap_samples: int = 2000, confidence: float = 0.95,
+              min_n: int = MIN_N) -> dict[str, Any]:
+    """All three questions for one analysis, keyed as analysis.json reports them.
+
+    `checkpoints` and `per_benchmark` are tables.checkpoint_tables' (ratio, phrases_per_1k, score, step,
+    ratio_seed when the lexicon has that category), `within` is `em_by_reflection`'s table, and
+    `train_steps` tables.train_tables' per-step table (ratio, em, step) or None.
+    """
+    boot = {"bootstrap_samples": bootstrap_samples, "confidence": confidence, "min_n": min_n}
+    s: dict[str, Any] = {
+        "across_checkpoints": correlate(checkpoints["ratio"], checkpoints["score"], **boot),
+        "per_1k_vs_score": correlate(checkpoints["phrases_per_1k"], checkpoints["score"], **boot),
+        "partial_step": partial_correlation(checkpoints["ratio"], checkpoints["score"], checkpoints["step"],
+                                            confidence=confidence, min_n=min_n),
+    }
+    if "ratio_seed" in checkpoints:
+        s["seed_phrases_only"] = correlate(checkpoints["ratio_seed"], checkpoints["score"], **boot)
+    s["per_benchmark"] = {
+        b: correlate(g["ratio"], g["score"], **boot) for b, g in per_benchmark.groupby("benchmark", sort=True)}
+    s["within_checkpoint"] = pooled_em_difference(within, confidence=confidence)
+    s["within_by_benchmark"] = {b: pooled_em_difference(g, confidence=confidence)
+                                for b, g in within.groupby("benchmark", sort=True)}
+    if train_steps is not None and len(train_steps):
+        s["across_training_steps"] = correlate(train_steps["ratio"], train_steps["em"], unit="training steps",
+                                               **boot)
+        s["across_training_steps_partial"] = partial_correlation(
+            train_steps["ratio"], train_steps["em"], train_steps["step"], confidence=confidence, min_n=min_n,
+            unit="training steps")
+    return s
