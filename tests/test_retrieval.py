@@ -21,13 +21,14 @@ import pytest
 
 from searchr1.corpus.samples import SampleFiles
 from searchr1.retrieval import faiss_index
+from searchr1.retrieval.app import BadRequest, parse_request
+from searchr1.retrieval.batcher import MicroBatcher
 from searchr1.retrieval.client import RetrievalClient, RetrievalError
 from searchr1.retrieval.config import EmbedderConfig, IndexConfig, RetrievalConfig
 from searchr1.retrieval.embeddings import Embeddings
 from searchr1.retrieval.index import build_index
 from searchr1.retrieval.passages import CorpusFormatError, PassageStore, find_shards
 from searchr1.retrieval.searcher import DenseSearcher, load_searcher, read_meta
-from searchr1.retrieval.server import BadRequest, MicroBatcher, parse_request
 
 
 def write_shards(rows: list[dict], corpus_dir: Path, per_shard: int) -> Path:

@@ -1,14 +1,8 @@
-"""Search-R1's retrieval HTTP API, with cross-request micro-batching.
+"""Serve a retrieval index over Search-R1's HTTP API, with cross-request micro-batching.
 
-    POST /retrieve {"queries": [...], "topk": 3, "return_scores": true}
-      -> {"result": [[{"document": {"id": .., "contents": ..}, "score": s}, ..], ..]}
-      (return_scores false -> {"result": [[{"id": .., "contents": ..}, ..], ..]}, as Search-R1 returns)
-    GET /health -> {"status": "ok", ...}
-
-Search-R1's server encodes and searches once per HTTP request, so 32 rollouts asking one query
-each cost 32 encoder calls. Here every request joins a queue; one worker takes whatever is
-waiting (plus anything that arrives within `batch_window_ms`, up to `max_batch_queries`) and
-answers it with one encoder call. Bad requests get a 4xx and a reason; the server never crashes.
+This module is the server as a process: loading the index, binding the socket, the CLI, and
+`running_server` (start one in a subprocess, wait until healthy, stop it). The HTTP app is app.py,
+the micro-batcher batcher.py.
 
 CLI: searchr1 retriever serve --index DIR [--config configs/tiny.yaml] [--host H] [--port P] [key.sub=value ...]
 (or python -m searchr1.retrieval.server with the same arguments)
@@ -17,207 +11,20 @@ CLI: searchr1 retriever serve --index DIR [--config configs/tiny.yaml] [--host H
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
-import json
 import os
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import httpx
-from fastapi import FastAPI, Request
-from fastapi.responses import Response
 
-from searchr1.retrieval.base import Hit, Searcher
+from searchr1.retrieval.app import READY_FILE_ENV, create_app
 from searchr1.retrieval.config import RetrievalConfig
-
-SearchFn = Callable[[Sequence[str], Sequence[int]], list[list[Hit]]]
-
-
-class BadRequest(Exception):
-    def __init__(self, status: int, reason: str):
-        super().__init__(reason)
-        self.status, self.reason = status, reason
-
-
-def mixed_search_fn(searcher: Searcher) -> SearchFn:
-    """`search_mixed(queries, topks)` if the searcher has it (one encoder call), else one call per topk."""
-    if hasattr(searcher, "search_mixed"):
-        return searcher.search_mixed
-
-    def by_topk(queries: Sequence[str], topks: Sequence[int]) -> list[list[Hit]]:
-        out: list[list[Hit]] = [[] for _ in queries]
-        for k in sorted(set(topks)):
-            idx = [i for i, t in enumerate(topks) if t == k]
-            for i, hits in zip(idx, searcher.search([queries[i] for i in idx], k), strict=True):
-                out[i] = hits
-        return out
-
-    return by_topk
-
-
-@dataclass
-class _Job:
-    queries: list[str]
-    topk: int
-    future: asyncio.Future = field(repr=False)
-
-
-class MicroBatcher:
-    """Collects concurrent requests and answers them with one search call per batch."""
-
-    def __init__(self, search: SearchFn, window_ms: float, max_batch_queries: int):
-        self.search, self.window_s, self.max_batch = search, window_ms / 1000.0, max_batch_queries
-        self.queue: asyncio.Queue[_Job] = asyncio.Queue()
-        # one worker thread: the encoder already uses every core; two concurrent calls only fight
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retrieve")
-        self.batches = 0
-        self.queries = 0
-        self._carry: _Job | None = None  # a request that did not fit the last batch: it opens the next
-
-    async def submit(self, queries: list[str], topk: int) -> list[list[Hit]]:
-        future = asyncio.get_running_loop().create_future()
-        await self.queue.put(_Job(queries, topk, future))
-        return await future
-
-    async def _collect(self) -> list[_Job]:
-        first, self._carry = self._carry, None
-        jobs = [first if first is not None else await self.queue.get()]
-        n = len(jobs[0].queries)
-        deadline = asyncio.get_running_loop().time() + self.window_s
-        while n < self.max_batch:
-            try:
-                job = self.queue.get_nowait()  # backlog that built up during the last batch: free to take
-            except asyncio.QueueEmpty:
-                left = deadline - asyncio.get_running_loop().time()
-                if left <= 0:
-                    break
-                try:
-                    job = await asyncio.wait_for(self.queue.get(), left)
-                except TimeoutError:
-                    break
-            if n + len(job.queries) > self.max_batch:
-                self._carry = job
-                break
-            jobs.append(job)
-            n += len(job.queries)
-        return jobs
-
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            jobs = [j for j in await self._collect() if not j.future.done()]  # drop cancelled requests
-            if not jobs:
-                continue
-            queries = [q for j in jobs for q in j.queries]
-            topks = [j.topk for j in jobs for _ in j.queries]
-            try:
-                results = await loop.run_in_executor(self.executor, self.search, queries, topks)
-            except Exception as exc:  # answer every waiting request with the error; keep serving
-                for j in jobs:
-                    if not j.future.done():
-                        j.future.set_exception(exc)
-                continue
-            self.batches += 1
-            self.queries += len(queries)
-            start = 0
-            for j in jobs:
-                if not j.future.done():
-                    j.future.set_result(results[start:start + len(j.queries)])
-                start += len(j.queries)
-
-
-def parse_request(body: bytes, cfg: RetrievalConfig) -> tuple[list[str], int, bool]:
-    """(queries, topk, return_scores) from a request body, or BadRequest with the reason."""
-    s = cfg.server
-    if len(body) > s.max_body_bytes:
-        raise BadRequest(413, f"request body is {len(body)} bytes; the limit is {s.max_body_bytes}")
-    try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadRequest(400, f"malformed JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise BadRequest(422, f"expected a JSON object with 'queries', got {type(data).__name__}")
-    queries = data.get("queries")
-    if not isinstance(queries, list) or not all(isinstance(q, str) for q in queries):
-        raise BadRequest(422, "'queries' must be a list of strings")
-    if not queries:
-        raise BadRequest(422, "'queries' is empty; send at least one query")
-    if len(queries) > s.max_queries_per_request:
-        raise BadRequest(413, f"{len(queries)} queries in one request; the limit is {s.max_queries_per_request}")
-    for i, q in enumerate(queries):
-        if len(q) > s.max_query_chars:
-            raise BadRequest(422, f"queries[{i}] is {len(q)} characters; the limit is {s.max_query_chars}")
-    topk = data.get("topk")
-    if topk is None:
-        topk = cfg.topk  # Search-R1 falls back to its configured top-k
-    if isinstance(topk, bool) or not isinstance(topk, int):
-        raise BadRequest(422, f"'topk' must be an integer, got {topk!r}")
-    if not 1 <= topk <= s.max_topk:
-        raise BadRequest(422, f"'topk' must be between 1 and {s.max_topk}, got {topk}")
-    return_scores = data.get("return_scores", False)
-    if not isinstance(return_scores, bool):
-        raise BadRequest(422, f"'return_scores' must be true or false, got {return_scores!r}")
-    return queries, topk, return_scores
-
-
-def _json(data: Any, status: int = 200) -> Response:
-    # plain json.dumps: FastAPI's encoder walks every nested dict and costs more than the search
-    return Response(json.dumps(data, ensure_ascii=False).encode(), status_code=status,
-                    media_type="application/json")
-
-
-def create_app(searcher: Searcher, cfg: RetrievalConfig, info: dict[str, Any] | None = None) -> FastAPI:
-    """The ASGI app; the micro-batch worker runs for the app's lifetime."""
-    batcher = MicroBatcher(mixed_search_fn(searcher), cfg.server.batch_window_ms, cfg.server.max_batch_queries)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        worker = asyncio.create_task(batcher.run())
-        ready = os.environ.get("SEARCHR1_READY_FILE")
-        if ready:  # tells running_server() the port we bound; written only once we can serve
-            Path(ready).write_text(app.state.url)
-        yield
-        worker.cancel()
-        batcher.executor.shutdown(wait=False, cancel_futures=True)
-
-    app = FastAPI(title="searchr1 retrieval", lifespan=lifespan)
-    app.state.url = ""
-    app.state.batcher = batcher
-
-    @app.post("/retrieve")
-    async def retrieve(request: Request) -> Response:
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > cfg.server.max_body_bytes:
-            return _json({"detail": f"request body is {declared} bytes; the limit is "
-                                    f"{cfg.server.max_body_bytes}"}, 413)
-        try:
-            queries, topk, return_scores = parse_request(await request.body(), cfg)
-        except BadRequest as exc:
-            return _json({"detail": exc.reason}, exc.status)
-        try:
-            results = await batcher.submit(queries, topk)
-        except Exception as exc:
-            return _json({"detail": f"retrieval failed: {type(exc).__name__}: {exc}"}, 500)
-        if not return_scores:
-            return _json({"result": [[h["document"] for h in hits] for hits in results]})
-        return _json({"result": results})
-
-    @app.get("/health")
-    async def health() -> Response:
-        return _json({"status": "ok", **(info or {}), "pid": os.getpid(), "default_topk": cfg.topk,
-                      "max_topk": cfg.server.max_topk, "max_queries_per_request": cfg.server.max_queries_per_request,
-                      "batches": batcher.batches, "queries": batcher.queries})
-
-    return app
 
 
 def _url(host: str, port: int) -> str:
@@ -262,7 +69,7 @@ def running_server(index_dir: Path, cfg, port: int = 0, timeout: float = 180.0) 
         cfg_path, ready, log_path = Path(tmp) / "config.yaml", Path(tmp) / "ready", Path(tmp) / "server.log"
         cfg_path.write_text(yaml.safe_dump({"retrieval": retrieval.model_dump(mode="json")}))
         root = str(Path(__file__).resolve().parents[2])  # so `-m searchr1...` works without an install
-        env = {**server_env(), "SEARCHR1_READY_FILE": str(ready),
+        env = {**server_env(), READY_FILE_ENV: str(ready),
                "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
         args = [sys.executable, "-m", "searchr1.retrieval.server", "--index", str(index_dir),
                 "--config", str(cfg_path), "--host", retrieval.server.host, "--port", str(port)]
