@@ -84,6 +84,9 @@ def main() -> None:
                     help="take the agent settings (style, turns, budgets, batch) from this config, e.g. "
                          "configs/tiny.yaml, instead of --style/--turns/--max-new/--batch")
     ap.add_argument("--data", type=Path, default=None, help=DATA_ARG_HELP)
+    ap.add_argument("--baseline-batch", type=int, default=None,
+                    help="batch size of the transformers baseline (default: the agent's); e.g. 16, the tiny "
+                         "profile's evaluation batch before it moved to vLLM with 64")
     args = ap.parse_args()
     print(f"machine at start: load average {os.getloadavg()} on {os.cpu_count()} cores")
     if importlib.util.find_spec("vllm") is None:
@@ -108,8 +111,10 @@ def main() -> None:
     def warm_up(gen: Generator) -> None:  # first-call costs (stop-string tables, allocator) outside the timings
         run_agent(questions[:2], gen, searcher, cfg.model_copy(update={"max_turns": 1}), progress=False)
 
-    print("transformers fp32 (KV cache reuse):", flush=True)
-    results = {"transformers fp32 (KV cache reuse)": bench_transformers(path, run, warm_up, args.repeats)}
+    base_cfg = cfg.model_copy(update={"batch_size": args.baseline_batch or cfg.batch_size})
+    print(f"transformers fp32 (KV cache reuse), batch {base_cfg.batch_size}:", flush=True)
+    results = {"transformers fp32 (KV cache reuse)": bench_transformers(
+        path, lambda gen: run_agent(questions, gen, searcher, base_cfg, progress=False), warm_up, args.repeats)}
     t0 = time.perf_counter()
     import vllm  # once per process: counted apart from each engine's start-up
 
@@ -139,6 +144,12 @@ def main() -> None:
               f"{', '.join(f'{x:.1f}' for x in r['rates'])}   median {med:7.1f}   "
               f"({statistics.median(r['secs']):.1f} s/round)   RATIO vs transformers {med / base_rate:5.2f}x   "
               f"identical responses {same}/{n}")
+    # what one checkpoint's evaluation costs: the engine (or model) start-up is paid once per checkpoint
+    per_ckpt = {name: r["startup"] + statistics.median(r["secs"]) for name, r in results.items()}
+    base_ckpt = per_ckpt["transformers fp32 (KV cache reuse)"]
+    for name, secs in per_ckpt.items():
+        print(f"{name:36s} one evaluation incl. start-up {secs:7.1f} s   RATIO vs transformers "
+              f"{base_ckpt / secs:5.2f}x")
     print(f"machine at end: load average {os.getloadavg()}")
 
 

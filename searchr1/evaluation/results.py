@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from searchr1 import markdown
 from searchr1.agent.trace import AGENT, AVERAGE
 from searchr1.io import atomic_file, write_text_atomic
 
@@ -94,18 +95,13 @@ def results_table(results_parquet: Path, out_dir: Path, reference: bool) -> dict
             vals[AVERAGE] = sum(known) / len(known) if known else None
             table[label] = vals
 
-    header = ["benchmark", "n", *table]
-    lines = ["## Exact match (%)", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for b in rows_order:
-        lines.append("| " + " | ".join([b, str(n_of[b]), *(_fmt(table[c][b]) for c in table)]) + " |")
+    lines = ["## Exact match (%)", "", markdown.table(
+        ["benchmark", "n", *table], ([b, str(n_of[b]), *(_fmt(table[c][b]) for c in table)] for b in rows_order))]
     if reference:
         lines += ["", SEED_STATED + " Averages in this table are plain means over the benchmarks shown."]
-    lines += ["", "## Search-agent behaviour (average over benchmarks)", "",
-              "| checkpoint | " + " | ".join(BEHAVIOUR) + " |", "|" + "---|" * (len(BEHAVIOUR) + 1)]
-    for _, method, ckpt, _ in cols:
-        if method == AGENT:
-            vals = [_fmt(_value(frame, AGENT, ckpt, AVERAGE, m), pct=False) for m in BEHAVIOUR]
-            lines.append(f"| {ckpt} | " + " | ".join(vals) + " |")
+    lines += ["", "## Search-agent behaviour (average over benchmarks)", "", markdown.table(
+        ["checkpoint", *BEHAVIOUR], ([ckpt, *(_fmt(_value(frame, AGENT, ckpt, AVERAGE, m), pct=False)
+                                              for m in BEHAVIOUR)] for _, method, ckpt, _ in cols if method == AGENT))]
     out_dir.mkdir(parents=True, exist_ok=True)
     md = out_dir / "results.md"
     write_text_atomic(md, "\n".join(lines) + "\n")
