@@ -131,15 +131,3 @@ def load_config_for_cli(path: str | Path, overrides: Iterable[str] = ()) -> Pipe
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None
-
-
-def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dict -> {"a.b.c": value}, for MLflow params."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out

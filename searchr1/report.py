@@ -22,9 +22,8 @@ import pandas as pd
 import yaml
 
 from searchr1 import markdown
-from searchr1.agent.trace import AGENT
-from searchr1.config import flatten
 from searchr1.io import atomic_file, write_text_atomic
+from searchr1.schema import AGENT, flatten
 from searchr1.summaries import CorpusSummary, StageSummary, TrainSummary
 
 PAPER_POLICY = "Qwen2.5-3B-Instruct"

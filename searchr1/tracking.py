@@ -258,7 +258,7 @@ class PipelineTracker:
                                          tags={PIPELINE_TAG: self.pipeline_run_id,
                                                "searchr1.config_digest": config_digest})
             self.parent = StageRun(self.client, run.info.run_id)
-            from searchr1.config import flatten
+            from searchr1.schema import flatten
 
             self.parent.log_params(flatten(config))
             self.parent.log_dict(config, "config.json")
@@ -350,7 +350,7 @@ def headline_metrics(evaluate_dir: Path | None, reflection_dir: Path | None) -> 
     results = Path(evaluate_dir) / "results.parquet" if evaluate_dir else None
     step = None
     if results is not None and results.is_file():
-        from searchr1.agent.trace import AGENT, AVERAGE
+        from searchr1.schema import AGENT, AVERAGE
 
         df = pd.read_parquet(results)
         agent = df[df["method"] == AGENT]

@@ -19,7 +19,8 @@ from prefect import get_run_logger
 from prefect.states import Completed, State
 
 from searchr1 import faults
-from searchr1.config import PipelineConfig, flatten
+from searchr1.config import PipelineConfig
+from searchr1.schema import flatten
 from searchr1.stage_cache import StageDir, StageOutput, source_digest, stage_key
 from searchr1.summaries import StageSummary
 from searchr1.tracking import PipelineTracker, StageRun

@@ -17,9 +17,6 @@ import pyarrow.parquet as pq
 from searchr1.io import atomic_file
 
 Role = Literal["assistant", "tool"]
-# The names rows carry: the search agent's method, and the macro-average "benchmark" of result tables.
-AGENT = "search_agent"
-AVERAGE = "average"
 StopReason = Literal["answer", "max_turns", "max_tokens", "no_action"]
 
 

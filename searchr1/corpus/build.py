@@ -6,9 +6,8 @@ import json
 import random
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from searchr1.config import PipelineConfig
 from searchr1.corpus import synthetic
 from searchr1.corpus.jsonl import DataError, ReadStats
 from searchr1.corpus.sources import (
@@ -20,6 +19,9 @@ from searchr1.corpus.sources import (
     write_passage_shards,
 )
 from searchr1.io import atomic_file
+
+if TYPE_CHECKING:  # a type hint only: corpus sections are part of the pipeline config, not the other way
+    from searchr1.config import PipelineConfig
 
 PASSAGES = "passages"
 

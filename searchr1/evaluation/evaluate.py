@@ -19,9 +19,10 @@ import pyarrow.parquet as pq
 from searchr1 import faults
 from searchr1.agent.generators import Generator, close_generator, make_generator
 from searchr1.agent.rollout import run_agent, run_baseline, summarize_rows
-from searchr1.agent.trace import AGENT, AVERAGE, ROLLOUT_SCHEMA, Question, write_rollouts
+from searchr1.agent.trace import ROLLOUT_SCHEMA, Question, write_rollouts
 from searchr1.io import atomic_file
 from searchr1.retrieval.base import Searcher
+from searchr1.schema import AGENT, AVERAGE
 from searchr1.tracking import MetricsLogger, null_logger
 
 if TYPE_CHECKING:

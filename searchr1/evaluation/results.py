@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from searchr1 import markdown
-from searchr1.agent.trace import AGENT, AVERAGE
 from searchr1.io import atomic_file, write_text_atomic
+from searchr1.schema import AGENT, AVERAGE
 
 # Pass@1 EM (%) for Qwen2.5-3B-Instruct, GRPO, from DESIGN.md.
 PAPER_BENCHMARKS = ("nq", "triviaqa", "popqa", "hotpotqa", "2wikimultihopqa", "musique", "bamboogle")

@@ -18,9 +18,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from searchr1.agent.trace import AGENT, ROLLOUT_SCHEMA
+from searchr1.agent.trace import ROLLOUT_SCHEMA
 from searchr1.reflection.detect import PhraseMatch, matches_in_segments
 from searchr1.reflection.lexicon import Lexicon
+from searchr1.schema import AGENT
 
 SCORE_METRIC = "em"
 _COLUMNS = ["checkpoint", "step", "method", "benchmark", "question_id", "question", "golden_answers",

@@ -34,8 +34,9 @@ from searchr1.agent.config import AgentConfig
 from searchr1.agent.generators import TransformersGenerator
 from searchr1.agent.protocol import AgentProtocol
 from searchr1.agent.rollout import Rollout, run_agent
-from searchr1.agent.trace import AGENT, model_text, write_rollouts
+from searchr1.agent.trace import model_text, write_rollouts
 from searchr1.retrieval.base import Searcher
+from searchr1.schema import AGENT
 from searchr1.tracking import MetricsLogger, committed_metrics, null_logger
 from searchr1.training.checkpoints import COMPLETE_MARKER, checkpoints_dir, latest_checkpoint, step_name
 from searchr1.training.data import read_trl_rows
