@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from searchr1 import markdown
+from searchr1 import intervals, markdown
 from searchr1.io import atomic_file, write_text_atomic
 from searchr1.schema import AGENT, flatten
 from searchr1.summaries import CorpusSummary, StageSummary, TrainSummary
@@ -262,6 +262,43 @@ def _baselines(results: pd.DataFrame | None) -> str:
             "search; rag = top-k passages retrieved for the question, then one answer):\n\n" + _table(wide, cols))
 
 
+def _pct(lo_hi: tuple[float, float]) -> str:
+    return f"[{100 * lo_hi[0]:.1f}, {100 * lo_hi[1]:.1f}]"
+
+
+def _intervals(results: pd.DataFrame | None) -> tuple[str, str | None]:
+    """The held-out EM of every (method, checkpoint) with 95% intervals, and the RL gain over the
+    warm-started policy (its best GRPO checkpoint vs the warm start, on the average)."""
+    if results is None:
+        return "_results.parquet not found; no intervals._", None
+    em = results[(results["benchmark"] != "average") & (results["metric"] == "em")]
+    if em.empty or "n" not in em.columns:
+        return "_no exact-match rows with question counts in the results._", None
+    benches = sorted(em["benchmark"].unique())
+    order = {"direct": 0, "rag": 1, AGENT: 2}
+    rows, averages = [], {}
+    for (method, ckpt, step), g in sorted(em.groupby(["method", "checkpoint", "step"]),
+                                          key=lambda kv: (order.get(kv[0][0], 9), kv[0][2], kv[0][1])):
+        cells = {r.benchmark: (float(r.value), int(r.n)) for r in g.itertuples()}
+        ps, ns = [cells[b][0] for b in benches if b in cells], [cells[b][1] for b in benches if b in cells]
+        mean, lo, hi = intervals.mean_of_proportions(ps, ns)
+        averages[(method, ckpt, step)] = (mean, lo, hi)
+        rows.append([method, ckpt, *(f"{100 * cells[b][0]:.1f} {_pct(intervals.wilson(*cells[b]))} (n={cells[b][1]})"
+                                     if b in cells else "–" for b in benches), f"{100 * mean:.1f} {_pct((lo, hi))}"])
+    text = ("Exact match (%) with 95% intervals (Wilson per benchmark; the average is the plain mean over "
+            "benchmarks, with a normal interval on that mean):\n\n"
+            + markdown.table(["method", "checkpoint", *benches, "average"], rows))
+    warm = averages.get((AGENT, "warm-start", 0))
+    trained = {k: v for k, v in averages.items() if k[0] == AGENT and k[2] > 0}
+    gain = None
+    if warm and trained:
+        (_, ckpt, _), best = max(trained.items(), key=lambda kv: kv[1][0])
+        gain = (f"- **RL gain over the warm-started policy:** best GRPO checkpoint {ckpt} "
+                f"{100 * best[0]:.1f} {_pct(best[1:])} vs warm start {100 * warm[0]:.1f} {_pct(warm[1:])}: "
+                f"{100 * (best[0] - warm[0]):+.1f} points on the average.")
+    return text, gain
+
+
 def _reflection_section(analysis_dir: Path | None, out_dir: Path) -> tuple[str, dict | None]:
     if analysis_dir is None or not (Path(analysis_dir) / "analysis.md").is_file():
         return "_The reflection analysis did not run for this pipeline run._", None
@@ -317,6 +354,7 @@ def build_report(out_dir: Path, *, config: dict, stages: Mapping[str, StageSumma
     run_name = _get(config, "run.name", "run")
     title = f"reproduce-search-r1 — {run_name} run report"
     results = _results_frame(results_md)
+    interval_md, gain = _intervals(results)
     reflection_md, analysis = _reflection_section(analysis_dir, out_dir)
     curves = plot_training_curves(train_metrics, out_dir / "training_curves.png") if train_metrics is not None \
         else None
@@ -325,7 +363,7 @@ def build_report(out_dir: Path, *, config: dict, stages: Mapping[str, StageSumma
     md: list[str] = [f"# {title}", "",
                      f"Generated {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}. Search-R1 (GRPO with a "
                      "search tool) reproduced as one Prefect flow, tracked in MLflow.", ""]
-    head = _headline(results, analysis)
+    head = _headline(results, analysis) + ([gain] if gain else [])
     if head:
         md += ["## Summary", ""] + head + [""]
     devs = deviations(config, stages)
@@ -359,6 +397,7 @@ def build_report(out_dir: Path, *, config: dict, stages: Mapping[str, StageSumma
     if results_img:
         md += ["![results](results.png)", ""]
     md += ["## Baselines", "", _baselines(results), ""]
+    md += ["## Held-out exact match with intervals", "", interval_md, ""]
     if "evaluate" in stages:
         md += ["### evaluation", "", _facts(stages["evaluate"]), ""]
 

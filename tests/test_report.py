@@ -162,3 +162,33 @@ def test_html_never_passes_markup_through(tmp_path):
     page = render_html("Model said <script>alert(1)</script> and <think>hmm</think>", tmp_path, "t")
     body = page.split("<body>", 1)[1]
     assert "<script>" not in body and "&lt;script&gt;" in body and "<think>" not in body
+
+
+def test_intervals_of_exact_match():
+    from searchr1 import intervals
+
+    lo, hi = intervals.wilson(0.0, 64)
+    assert lo == 0.0 and 0.05 < hi < 0.06  # 0/64 still leaves up to ~5.7%
+    lo, hi = intervals.wilson(0.5, 64)
+    assert round(lo, 3) == 0.381 and round(hi, 3) == 0.619  # (p + z²/2n ± z√(p(1-p)/n + z²/4n²)) / (1 + z²/n)
+    mean, lo, hi = intervals.mean_of_proportions([0.25, 0.75], [64, 64])  # equal n: the pooled proportion
+    assert mean == 0.5 and (lo, hi) == intervals.wilson(0.5, 128)
+    mean, lo, hi = intervals.mean_of_proportions([0.0, 1.0], [10, 30])  # unequal n: normal on the mean
+    assert mean == 0.5 and lo == hi == 0.5  # no variance in either benchmark
+    with pytest.raises(ValueError, match="n must be positive"):
+        intervals.wilson(0.5, 0)
+
+
+def test_report_shows_intervals_and_the_rl_gain():
+    import pandas as pd
+
+    from searchr1.report import _intervals
+
+    rows = []
+    for ckpt, step, em in (("warm-start", 0, 0.25), ("step-000002", 2, 0.5), ("step-000004", 4, 0.375)):
+        for bench in ("bridge", "single_hop"):
+            rows.append({"checkpoint": ckpt, "step": step, "method": "search_agent", "benchmark": bench,
+                         "metric": "em", "value": em, "n": 64})
+    text, gain = _intervals(pd.DataFrame(rows))
+    assert "| search_agent | step-000002 | 50.0 [38.1, 61.9] (n=64) |" in text
+    assert "best GRPO checkpoint step-000002 50.0" in gain and "+25.0 points" in gain
