@@ -27,6 +27,7 @@ from searchr1.schema import AGENT, flatten
 from searchr1.summaries import CorpusSummary, StageSummary, TrainSummary
 
 PAPER_POLICY = "Qwen2.5-3B-Instruct"
+METHOD_ORDER = {"direct": 0, "rag": 1, AGENT: 2}  # rows of the results tables: baselines first
 CURVE_PATTERNS = ("reward", "em", "accuracy", "reflect", "search", "turn", "kl", "loss", "entropy", "length")
 MAX_CURVES = 6
 
@@ -256,8 +257,8 @@ def _baselines(results: pd.DataFrame | None) -> str:
                           aggfunc="first").reset_index()
     benches = [c for c in wide.columns if c not in ("method", "checkpoint", "step") and c != "average"]
     cols = ["method", "checkpoint"] + sorted(benches) + (["average"] if "average" in wide.columns else [])
-    order = {"direct": 0, "rag": 1, AGENT: 2}
-    wide = wide.sort_values(["method", "step"], key=lambda s: s.map(order).fillna(9) if s.name == "method" else s)
+    wide = wide.sort_values(["method", "step"],
+                            key=lambda s: s.map(METHOD_ORDER).fillna(9) if s.name == "method" else s)
     return ("Exact match of every method at every evaluated checkpoint (direct = the model answers without "
             "search; rag = top-k passages retrieved for the question, then one answer):\n\n" + _table(wide, cols))
 
@@ -275,10 +276,9 @@ def _intervals(results: pd.DataFrame | None) -> tuple[str, str | None]:
     if em.empty or "n" not in em.columns:
         return "_no exact-match rows with question counts in the results._", None
     benches = sorted(em["benchmark"].unique())
-    order = {"direct": 0, "rag": 1, AGENT: 2}
     rows, averages = [], {}
     for (method, ckpt, step), g in sorted(em.groupby(["method", "checkpoint", "step"]),
-                                          key=lambda kv: (order.get(kv[0][0], 9), kv[0][2], kv[0][1])):
+                                          key=lambda kv: (METHOD_ORDER.get(kv[0][0], 9), kv[0][2], kv[0][1])):
         cells = {r.benchmark: (float(r.value), int(r.n)) for r in g.itertuples()}
         ps, ns = [cells[b][0] for b in benches if b in cells], [cells[b][1] for b in benches if b in cells]
         mean, lo, hi = intervals.mean_of_proportions(ps, ns)
@@ -286,7 +286,7 @@ def _intervals(results: pd.DataFrame | None) -> tuple[str, str | None]:
         rows.append([method, ckpt, *(f"{100 * cells[b][0]:.1f} {_pct(intervals.wilson(*cells[b]))} (n={cells[b][1]})"
                                      if b in cells else "–" for b in benches), f"{100 * mean:.1f} {_pct((lo, hi))}"])
     text = ("Exact match (%) with 95% intervals (Wilson per benchmark; the average is the plain mean over "
-            "benchmarks, with a normal interval on that mean):\n\n"
+            "benchmarks, its interval from `searchr1.intervals.mean_of_proportions`):\n\n"
             + markdown.table(["method", "checkpoint", *benches, "average"], rows))
     warm = averages.get((AGENT, "warm-start", 0))
     trained = {k: v for k, v in averages.items() if k[0] == AGENT and k[2] > 0}
@@ -396,8 +396,8 @@ def build_report(out_dir: Path, *, config: dict, stages: Mapping[str, StageSumma
         md += ["_No results table was produced._", ""]
     if results_img:
         md += ["![results](results.png)", ""]
-    md += ["## Baselines", "", _baselines(results), ""]
     md += ["## Held-out exact match with intervals", "", interval_md, ""]
+    md += ["## Baselines", "", _baselines(results), ""]
     if "evaluate" in stages:
         md += ["### evaluation", "", _facts(stages["evaluate"]), ""]
 

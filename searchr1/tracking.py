@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from searchr1.io import atomic_file, file_lock
+from searchr1.schema import AGENT, AVERAGE, flatten
 
 # Library code reports metrics through this callable and never needs to know about MLflow runs:
 # log_metrics({"reward/mean": 0.4}, step)
@@ -258,8 +259,6 @@ class PipelineTracker:
                                          tags={PIPELINE_TAG: self.pipeline_run_id,
                                                "searchr1.config_digest": config_digest})
             self.parent = StageRun(self.client, run.info.run_id)
-            from searchr1.schema import flatten
-
             self.parent.log_params(flatten(config))
             self.parent.log_dict(config, "config.json")
         if flow_run_id:
@@ -350,8 +349,6 @@ def headline_metrics(evaluate_dir: Path | None, reflection_dir: Path | None) -> 
     results = Path(evaluate_dir) / "results.parquet" if evaluate_dir else None
     step = None
     if results is not None and results.is_file():
-        from searchr1.schema import AGENT, AVERAGE
-
         df = pd.read_parquet(results)
         agent = df[df["method"] == AGENT]
         if len(agent):

@@ -365,10 +365,6 @@ def make_generator(model_path: Any, cfg: AgentConfig, policy_cfg: Any, *, greedy
 
 
 def close_generator(generator: Generator | None) -> None:
-    """Free a generator's model now (a vLLM engine's processes are stopped)."""
-    import gc
-
+    """Stop a vLLM engine's processes now (a transformers model is freed when its last reference goes)."""
     if isinstance(generator, VLLMGenerator):
         generator.close()
-    del generator
-    gc.collect()

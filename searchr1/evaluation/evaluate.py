@@ -10,6 +10,7 @@ benchmarks (each benchmark counts once, as the paper averages its seven).
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -134,6 +135,8 @@ def evaluate_checkpoints(checkpoints: list[tuple[int, Path | str]], questions: M
         # vLLM's weights cannot be swapped in place on CPU (the reload leaves oneDNN's prepacked
         # weights stale: other outputs than a fresh engine's), so each checkpoint gets its own engine
         close_generator(generator)
+        del generator
+        gc.collect()
     rows = results_rows(tables)
     for name, step, _ in models:  # MLflow series are per step: the init model's go under its own prefix
         prefix = "eval" if name == checkpoint_name(step) else f"eval-{name}"
