@@ -80,6 +80,22 @@ def test_resume_skips_finished_pairs(tmp_path: Path, fake_models):
     assert not list(tmp_path.rglob("*.tmp"))
 
 
+def test_suites_left_run_as_one_batch(tmp_path: Path, monkeypatch):
+    """All suites of a (checkpoint, method) go to the generator together; resume still works per file."""
+    gens: list[ScriptedGenerator] = []
+    monkeypatch.setattr(ev, "make_generator", lambda *a, **k: gens.append(ScriptedGenerator(answer_first_title))
+                        or gens[-1])
+    cfg = PipelineConfig.model_validate({"evaluation": {"baselines": []}, "agent": {"batch_size": 64}})
+    run(tmp_path, [], checkpoints=((0, "base-folder"),), cfg=cfg)
+    assert gens[0].generate_calls[0] == list(range(5 + 3))  # single_hop's 5 and bridge's 3 in one batch
+    bridge = tmp_path / "rollouts" / "base" / "search_agent__bridge.parquet"
+    first = pd.read_parquet(bridge)
+    bridge.unlink()
+    run(tmp_path, [], checkpoints=((0, "base-folder"),), cfg=cfg)
+    assert gens[1].generate_calls[0] == [0, 1, 2]  # only the missing suite
+    pd.testing.assert_frame_equal(first, pd.read_parquet(bridge))
+
+
 def test_bad_input_is_named(tmp_path: Path, fake_models):
     with pytest.raises(ValueError, match="duplicate"):
         run(tmp_path, [], checkpoints=((0, "a"), (0, "b")))

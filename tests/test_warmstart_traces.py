@@ -63,6 +63,8 @@ def test_verifying_traces_check_a_hop_with_a_reflective_phrase(world):
         assert query in q["metadata"]["hop_entities"]  # it searches the entity it checks
         assert t[-1]["content"].endswith(f"<answer>{q['golden_answers'][0]}</answer>")
     assert reflective_ratio([_segments(t) for t in traces]) > 0  # the detector sees them
+    # one first word for every check: the verify rate is the weight of one choice, which greedy decoding can pick
+    assert len({p.split()[0] for p in VERIFY_PHRASES}) == 1
 
 
 def test_rate_is_a_rate(world):

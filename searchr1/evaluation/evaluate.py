@@ -2,7 +2,8 @@
 
 Each finished (checkpoint, method, benchmark) is one parquet file of whole rollouts under
 `out_dir/rollouts/<checkpoint>/<method>__<benchmark>.parquet`, written atomically; a rerun skips
-the files already there, so a killed evaluation loses at most the pair it was working on.
+the files already there, so a killed evaluation loses at most the (checkpoint, method) it was
+generating (its suites run as one batch).
 The results are rebuilt from those files at the end, in long form:
 (checkpoint, step, method, benchmark, metric, value, n), with "average" as a macro average over
 benchmarks (each benchmark counts once, as the paper averages its seven).
@@ -119,18 +120,26 @@ def evaluate_checkpoints(checkpoints: list[tuple[int, Path | str]], questions: M
         generator: Generator | None = None
         at_step = methods if step == 0 or cfg.evaluation.baselines_at == "all" else [AGENT]
         for method in at_step:
-            for bench, qs in questions.items():
-                target = rollout_path(out_dir, name, method, bench)
-                if target.is_file():
-                    skipped += 1
-                else:
-                    if generator is None:  # load the model only when something is left to do
-                        generator = make_generator(path, cfg.agent, cfg.policy, greedy=True)
-                    rollouts = run_method(method, list(qs), generator, searcher, cfg, progress=progress,
-                                          desc=f"{name} {method} {bench}")
-                    write_rollouts([r.to_row(name, step, method, bench) for r in rollouts], target)
+            todo = {bench: qs for bench, qs in questions.items()
+                    if not rollout_path(out_dir, name, method, bench).is_file()}
+            skipped += len(questions) - len(todo)
+            if todo:
+                if generator is None:  # load the model only when something is left to do
+                    generator = make_generator(path, cfg.agent, cfg.policy, greedy=True)
+                # every suite left in one call: a batch of 256 rows keeps vLLM's continuous batching busy
+                # where four batches of 64 each wait for their slowest row (resume is still per file)
+                pooled = [q for qs in todo.values() for q in qs]
+                rollouts = run_method(method, pooled, generator, searcher, cfg, progress=progress,
+                                      desc=f"{name} {method} ({len(todo)} suites)")
+                lo = 0
+                for bench, qs in todo.items():
+                    part, lo = rollouts[lo:lo + len(qs)], lo + len(qs)
+                    write_rollouts([r.to_row(name, step, method, bench) for r in part],
+                                   rollout_path(out_dir, name, method, bench))
                     computed += 1
                     faults.point("evaluate.after_pair")
+            for bench in questions:
+                target = rollout_path(out_dir, name, method, bench)
                 tables[(name, step, method, bench)] = pq.read_table(target, schema=ROLLOUT_SCHEMA).to_pylist()
         # vLLM's weights cannot be swapped in place on CPU (the reload leaves oneDNN's prepacked
         # weights stale: other outputs than a fresh engine's), so each checkpoint gets its own engine

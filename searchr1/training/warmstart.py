@@ -35,10 +35,12 @@ IGNORE = -100
 
 
 # Reflective checks a verifying trace says before its second search; each holds a phrase of the default
-# lexicon, so the analysis counts them as the study defines reflection.
+# lexicon, so the analysis counts them as the study defines reflection. All open with the same word so
+# that after a hop's result the policy weighs one choice, "Wait" against going on: split over three first
+# words, a 50% verify rate would be 17% per word and greedy decoding would never pick any of them.
 VERIFY_PHRASES = ("Wait, let me verify that this is really about {e} and not a similar name.",
-                  "Hold on, let me double-check {e}.",
-                  "On second thought, let me re-verify the passage about {e}.")
+                  "Wait, let me double-check {e}.",
+                  "Wait, on second thought, let me re-verify the passage about {e}.")
 
 
 def trace_messages(q: Question, tool_texts: Sequence[str], verify: tuple[int, int] | None = None
