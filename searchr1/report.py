@@ -24,7 +24,12 @@ import yaml
 from searchr1 import intervals, markdown
 from searchr1.io import atomic_file, write_text_atomic
 from searchr1.schema import AGENT, flatten
-from searchr1.summaries import CorpusSummary, StageSummary, TrainSummary
+from searchr1.summaries import CorpusSummary, StageSummary, TrainSummary, WarmStartSummary
+from searchr1.training.verl_plugins.search_r1_reference import SEARCH_R1
+
+# the GRPO knobs both engines take from `training.grpo`, by their name in Search-R1's reference table
+SAMPLING_KEYS = {"temperature": "training.grpo.temperature", "top-p": "training.grpo.top_p",
+                 "KL coefficient": "training.grpo.kl_coef"}
 
 PAPER_POLICY = "Qwen2.5-3B-Instruct"
 METHOD_ORDER = {"direct": 0, "rag": 1, AGENT: 2}  # rows of the results tables: baselines first
@@ -138,15 +143,24 @@ def deviations(config: Mapping[str, Any], stages: Mapping[str, StageSummary]) ->
         out.append(f"**Policy:** {shown} (`{model}`) instead of {PAPER_POLICY}.")
     if warm_start_used(config, stages):
         n = _get(config, "training.warm_start.n_examples")
+        ws = stages.get("warm-start")
+        checks = (f" {ws.verify_rate:.0%} of them check one hop with a second search after a reflective phrase "
+                  "(\"Wait, let me verify …\"): the starting rate of the behaviour the reflection study follows."
+                  if isinstance(ws, WarmStartSummary) and ws.traces else "")
         out.append(f"**Supervised warm start:** before GRPO the policy was fine-tuned on {_fmt(n) if n else 'some'} "
                    "worked search traces, because a model this small never calls the tool on its own and GRPO gets "
-                   "no reward variance to learn from. Search-R1 starts RL from the instruct model directly.")
+                   f"no reward variance to learn from. Search-R1 starts RL from the instruct model directly.{checks}")
     if _get(config, "training.engine") == "trl":
         steps = _get(config, "training.grpo.steps")
         prompts = _get(config, "training.grpo.prompts_per_step")
         group = _get(config, "training.grpo.group_size")
         out.append(f"**Training scale:** TRL on CPU, {_fmt(steps)} GRPO steps of {prompts} prompts × {group} "
                    "completions, instead of verl on GPUs with 512 prompts per step.")
+    sampled = [f"{ref.name} {value:g} (Search-R1: {ref.search_r1:g})" for ref in SEARCH_R1
+               for name, key in SAMPLING_KEYS.items() if ref.name == name
+               for value in [_get(config, key, ref.search_r1)] if value != ref.search_r1]
+    if sampled:
+        out.append(f"**GRPO sampling and loss:** {', '.join(sampled)}.")
     embedder = str(_get(config, "retrieval.embedder.model", ""))
     if embedder and "e5" not in embedder.lower():
         out.append(f"**Retriever:** `{embedder}` instead of e5-base-v2.")

@@ -72,6 +72,8 @@ class WarmStartSummary(StageSummary):
     STAGE = "warm-start"
     steps: int
     model: str = "model"  # the fine-tuned model's folder
+    traces: int = 0
+    verify_rate: float = 0.0  # share of the traces that check a hop after a reflective phrase
 
 
 class TrainSummary(StageSummary):

@@ -120,6 +120,7 @@ def test_report_without_optional_inputs(tmp_path):
     cfg["policy"]["model"] = "Qwen/Qwen2.5-3B-Instruct"
     cfg["training"]["engine"] = "verl"
     cfg["retrieval"]["embedder"]["model"] = "intfloat/e5-base-v2"
+    cfg["training"]["grpo"]["top_p"] = 0.95  # as configs/paper.yaml
     paths = build_report(tmp_path / "r", config=cfg, stages={"train": _train(False)}, results_md=None,
                          results_png=None, analysis_dir=None, train_metrics=None, mlflow_links={})
     md = paths["md"].read_text()
@@ -140,6 +141,18 @@ def test_warm_start_is_what_the_train_stage_says(warm_started, enabled):
                                                       ({"warm-start": WarmStartSummary.of({"steps": 3})}, False, True)])
 def test_warm_start_before_training_ran(stages, enabled, expected):
     assert warm_start_used({"training": {"warm_start": {"enabled": enabled}}}, stages) is expected
+
+
+def test_deviations_name_the_sampling_and_the_warm_start_check_rate():
+    stages = {"warm-start": WarmStartSummary.of({"steps": 3, "traces": 96, "verify_rate": 0.5})}
+    cfg = {"training": {"warm_start": {"enabled": True}, "grpo": {"temperature": 0.7, "kl_coef": 0.0}}}
+    devs = deviations(cfg, stages)
+    assert any("50% of them check one hop" in d for d in devs)
+    sampling = [d for d in devs if d.startswith("**GRPO sampling")]
+    assert sampling == ["**GRPO sampling and loss:** temperature 0.7 (Search-R1: 1), KL coefficient 0 "
+                        "(Search-R1: 0.001)."]  # a key the config lacks is not called a deviation
+    same = {"training": {"grpo": {"temperature": 1.0, "top_p": 0.95, "kl_coef": 0.001}}}
+    assert not any(d.startswith("**GRPO sampling") for d in deviations(same, {}))
 
 
 def test_summaries_round_trip_through_the_manifest_json():
