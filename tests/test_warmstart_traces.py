@@ -59,6 +59,7 @@ def test_verifying_traces_check_a_hop_with_a_reflective_phrase(world):
             m["content"] == f"<think>{p.format(e=e)}</think>" for p in VERIFY_PHRASES
             for e in q["metadata"]["hop_entities"])]
         assert len(checks) == 1
+        assert t.index(checks[0]) == 4  # right after the first hop's result: one decision point, at the full rate
         query = checks[0]["tool_calls"][0]["function"]["arguments"]["query_list"][0]
         assert query in q["metadata"]["hop_entities"]  # it searches the entity it checks
         assert t[-1]["content"].endswith(f"<answer>{q['golden_answers'][0]}</answer>")
