@@ -89,6 +89,38 @@ def test_rollout_func_gives_trl_one_masked_rollout_per_prompt(policy, tmp_path):
         assert ro.stop_reason in ("answer", "max_turns", "max_tokens", "no_action")
 
 
+def test_rollout_func_refills_flat_groups_from_the_training_questions(policy, tmp_path):
+    """With refill on, every flat group sampled is either replaced by a varied group of another training
+    question or counted as kept; each rollout carries the question (and answers) it was sampled for."""
+    from types import SimpleNamespace
+
+    from searchr1.agent.protocol import AgentProtocol
+    from searchr1.agent.trace import model_text
+    from searchr1.training.data import read_trl_rows
+    from searchr1.training.grpo import flat_groups, load_for_training, make_rollout_func
+
+    cfg = _cfg(1, tmp_path)
+    build_train_data(QS, cfg, tmp_path / "data")
+    rows = read_trl_rows(tmp_path / "data")
+    model, tok = load_for_training(policy, cfg)
+    fn = make_rollout_func(WordOverlapSearcher(DOCS), cfg.agent, temperature=1.0, top_p=1.0, questions=rows,
+                           group_size=2, refill_rounds=2, seed=0)
+    prompts = [rows[0]["prompt"]] * 2 + [rows[1]["prompt"]] * 2
+    out = fn(prompts, SimpleNamespace(model=model, processing_class=tok, state=SimpleNamespace(global_step=0)))
+    ros = out["rollout"]
+    assert {len(out[k]) for k in ("prompt_ids", "completion_ids", "env_mask", "rollout")} == {4}
+    by_prompt = {r["prompt"]: r for r in rows}
+    for ro, ids in zip(ros, out["prompt_ids"], strict=True):
+        assert ro.question["golden_answers"] == by_prompt[ro.question["question"]]["golden_answers"]
+        assert ids == tok(ro.prompt, add_special_tokens=False)["input_ids"]
+    proto = AgentProtocol.from_config(cfg.agent)
+    rewards = [proto.reward(model_text(r.segments), r.question["golden_answers"]) for r in ros]
+    assert len(flat_groups(rewards, 2)) == out["grpo__flat_groups_trained"]
+    sampled = out["grpo__flat_groups_sampled"]
+    assert out["grpo__refill_rollouts"] >= 2 * sampled * (sampled > 0)
+    assert all(ro.question.get("refill") for ro in ros if ro.question["question"] not in prompts)
+
+
 def test_train_kill_resume_continues_the_step_series(policy, tmp_path):
     from searchr1.training.grpo import ROLLOUTS_DIR, STAGING_DIR, train_grpo
 

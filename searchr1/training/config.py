@@ -29,6 +29,10 @@ class GRPOConfig(Section):
     top_p: float = Field(1.0, gt=0, le=1)  # Search-R1's ppo_trainer.yaml: 0.95
     save_every: PositiveInt = 10
     format_reward: NonNegativeFloat = 0.0  # Search-R1 uses EM only
+    # DAPO's dynamic sampling (Search-R1 has none): up to this many extra draws per step replace the groups
+    # whose rollouts all got the same reward (no advantage, nothing learnt) with fresh questions' groups that
+    # did not. Costs generation only; the trained batch keeps its size. TRL engine only.
+    refill_rounds: int = Field(0, ge=0)
     # verl turns a failed tool call into the tool's text and trains on: above this share of failed search
     # calls in a step the run stops (the TRL engine's own loop stops at the first failure).
     max_tool_error_rate: float = Field(0.05, ge=0, le=1)
@@ -113,6 +117,8 @@ class TrainingConfig(Section):
 
     @model_validator(mode="after")
     def _batches(self) -> "TrainingConfig":
+        if self.engine == "verl" and self.grpo.refill_rounds:
+            raise ValueError("training.grpo.refill_rounds: the TRL engine's option; with engine 'verl' set it to 0")
         if self.grpo.save_every > self.grpo.steps:
             raise ValueError(f"grpo.save_every ({self.grpo.save_every}) > grpo.steps "
                              f"({self.grpo.steps}): no checkpoint would be written")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import shutil
 import statistics
 import time
@@ -34,7 +35,7 @@ from searchr1.agent.config import AgentConfig
 from searchr1.agent.generators import TransformersGenerator
 from searchr1.agent.protocol import AgentProtocol
 from searchr1.agent.rollout import Rollout, run_agent
-from searchr1.agent.trace import model_text, write_rollouts
+from searchr1.agent.trace import Question, model_text, write_rollouts
 from searchr1.retrieval.base import Searcher
 from searchr1.schema import AGENT
 from searchr1.tracking import MetricsLogger, committed_metrics, null_logger
@@ -48,27 +49,86 @@ STAGING_DIR = ".trainer"  # the Trainer writes checkpoint-N here; we rename it i
 # ---------------------------------------------------------------- rollouts and reward
 
 
-def make_rollout_func(searcher: Searcher, agent: AgentConfig, *, temperature: float, top_p: float
-                      ) -> Callable[[list[str], Any], dict[str, list]]:
+def flat_groups(rewards: Sequence[float], group_size: int) -> list[int]:
+    """Indices of the groups (consecutive runs of `group_size`) whose rewards are all equal: no advantage."""
+    groups = [rewards[i:i + group_size] for i in range(0, len(rewards), group_size)]
+    return [g for g, r in enumerate(groups) if max(r) == min(r)]
+
+
+def refill_flat_groups(rollouts: list[Rollout], rewards: list[float], group_size: int, rounds: int,
+                       sample: Callable[[int, int], tuple[list[Rollout], list[float]]]) -> dict[str, float]:
+    """DAPO's dynamic sampling, in place: each flat group is replaced by a freshly sampled group of another
+    question whose rewards differ, drawing `sample(round, k)` (k new questions x group_size rollouts) at
+    most `rounds` times. Groups that stay flat are kept (they weigh nothing in the loss)."""
+    flat = flat_groups(rewards, group_size)
+    before, drawn = len(flat), 0
+    for r in range(rounds):
+        if not flat:
+            break
+        fresh, fresh_rewards = sample(r, len(flat))
+        drawn += len(fresh)
+        varied = [g for g in range(len(fresh) // group_size) if g not in flat_groups(fresh_rewards, group_size)]
+        for g in varied[:len(flat)]:
+            slot, lo = flat.pop(0) * group_size, g * group_size
+            rollouts[slot:slot + group_size] = fresh[lo:lo + group_size]
+            rewards[slot:slot + group_size] = fresh_rewards[lo:lo + group_size]
+    return {"grpo/flat_groups_sampled": float(before), "grpo/flat_groups_trained": float(len(flat)),
+            "grpo/refill_rollouts": float(drawn)}
+
+
+def make_rollout_func(searcher: Searcher, agent: AgentConfig, *, temperature: float, top_p: float,
+                      questions: Sequence[Mapping[str, Any]] = (), group_size: int = 1, refill_rounds: int = 0,
+                      seed: int = 0) -> Callable[[list[str], Any], dict[str, list]]:
     """TRL's `rollout_func`: one sampled multi-turn rollout per prompt received (TRL's sampler already
-    repeats each question `group_size` times), by the evaluation loop, with the model being trained."""
+    repeats each question `group_size` times), by the evaluation loop, with the model being trained.
+
+    `questions` (the TRL training rows) let each rollout carry its question's id, golden answers and suite,
+    and, with `refill_rounds` > 0, supply the fresh questions that replace groups with no reward variance
+    (drawn with a generator seeded by (seed, step, round): a resumed run draws the same ones).
+    """
+    rows = {str(q["prompt"]): q for q in questions}
+    protocol = AgentProtocol.from_config(agent)
+    if refill_rounds and not rows:
+        raise ValueError("grpo.refill_rounds > 0 needs the training questions to draw fresh groups from")
+
+    def question(prompt: str) -> Question:
+        row = rows.get(prompt)
+        if row is None:
+            return {"id": "", "question": prompt, "golden_answers": []}
+        return {"id": str(row["question_id"]), "question": prompt, "golden_answers": list(row["golden_answers"]),
+                "benchmark": row["benchmark"]}
 
     def rollout_func(prompts: list[str], trainer: Any) -> dict[str, list]:
         model, tok = trainer.model, trainer.processing_class
         was_training = model.training
         model.eval()  # generation with the KV cache; gradient checkpointing only applies in train mode
         t0 = time.perf_counter()
+        refill: dict[str, float] = {}
         try:
             gen = TransformersGenerator(model, tok, greedy=False, temperature=temperature, top_p=top_p)
-            questions = [{"id": "", "question": q, "golden_answers": []} for q in prompts]
-            rollouts = run_agent(questions, gen, searcher, agent, progress=False)
+            rollouts = run_agent([question(p) for p in prompts], gen, searcher, agent, progress=False)
+            if refill_rounds:
+                step = trainer.state.global_step + 1
+                scheduled = set(prompts)
+                pool = [p for p in rows if p not in scheduled]
+
+                def reward_of(ros: Sequence[Rollout]) -> list[float]:
+                    return [protocol.reward(model_text(r.segments), r.question["golden_answers"]) for r in ros]
+
+                def sample(round_: int, k: int) -> tuple[list[Rollout], list[float]]:
+                    picked = random.Random(f"{seed}/{step}/{round_}").sample(pool, min(k, len(pool)))
+                    drawn = [{**question(p), "refill": round_ + 1} for p in picked for _ in range(group_size)]
+                    fresh = run_agent(drawn, gen, searcher, agent, progress=False)
+                    return fresh, reward_of(fresh)
+
+                refill = refill_flat_groups(rollouts, reward_of(rollouts), group_size, refill_rounds, sample)
         finally:
             model.train(was_training)
         prompt_ids = [tok(r.prompt, add_special_tokens=False)["input_ids"] for r in rollouts]
         # a scalar extra field reaches the reward function once per completion: the step's rollout time
         return {"prompt_ids": prompt_ids, "completion_ids": [r.completion_ids for r in rollouts],
                 "logprobs": None, "env_mask": [r.completion_mask for r in rollouts], "rollout": rollouts,
-                "rollout_seconds": time.perf_counter() - t0}
+                "rollout_seconds": time.perf_counter() - t0, **{k.replace("/", "__"): v for k, v in refill.items()}}
 
     return rollout_func
 
@@ -88,17 +148,23 @@ class SearchR1Reward:
         self.pending: dict[int, dict[str, float]] = {}
 
     def __call__(self, prompts, completions, rollout: Sequence[Rollout] = (), golden_answers=None,
-                 question_id=None, benchmark=None, trainer_state=None, rollout_seconds=None, **_: Any) -> list[float]:
+                 question_id=None, benchmark=None, trainer_state=None, rollout_seconds=None, **extra: Any
+                 ) -> list[float]:
         step = (trainer_state.global_step if trainer_state is not None else 0) + 1
         rewards, rows = [], []
         for i, ro in enumerate(rollout):
-            ro.question = {**ro.question, "id": str(question_id[i]), "golden_answers": list(golden_answers[i])}
-            rewards.append(self.protocol.reward(model_text(ro.segments), golden_answers[i], self.format_reward))
-            rows.append(ro.to_row("train", step, AGENT, benchmark[i]))
+            if not ro.question.get("refill"):  # a refilled group carries its own question; the others are TRL's
+                ro.question = {**ro.question, "id": str(question_id[i]), "golden_answers": list(golden_answers[i]),
+                               "benchmark": benchmark[i]}
+            gold = ro.question["golden_answers"]
+            rewards.append(self.protocol.reward(model_text(ro.segments), gold, self.format_reward))
+            rows.append(ro.to_row("train", step, AGENT, ro.question.get("benchmark", benchmark[i])))
         write_rollouts(rows, self.rollouts_dir / f"{step_name(step)}.parquet")
         self.pending[step] = step_metrics(rows)
         if rollout_seconds:  # generation's share of the step (the rest: log-probs, reference, backward)
             self.pending[step]["perf/rollout_seconds"] = float(rollout_seconds[0])
+        self.pending[step].update({k.replace("__", "/"): float(v[0]) for k, v in extra.items()
+                                   if k.startswith("grpo__") and v})
         return rewards
 
 
@@ -260,7 +326,8 @@ def train_grpo(policy_path: Path | str, train_data_dir: Path, searcher: Searcher
     StepLogger, Trainer = _trainer_classes()
     logger = StepLogger(reward, log_metrics)
     args = grpo_args(cfg, work_dir, **dict(trl_overrides or {}))
-    rollout_func = make_rollout_func(searcher, cfg.agent, temperature=g.temperature, top_p=g.top_p)
+    rollout_func = make_rollout_func(searcher, cfg.agent, temperature=g.temperature, top_p=g.top_p, questions=rows,
+                                     group_size=g.group_size, refill_rounds=g.refill_rounds, seed=cfg.run.seed)
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is marked experimental in TRL 1.16
     trainer = Trainer(model=model, reward_funcs=[reward], args=args, train_dataset=Dataset.from_list(rows),
                       processing_class=tok, rollout_func=rollout_func, callbacks=[logger])
