@@ -156,9 +156,9 @@ def deviations(config: Mapping[str, Any], stages: Mapping[str, StageSummary]) ->
         group = _get(config, "training.grpo.group_size")
         out.append(f"**Training scale:** TRL on CPU, {_fmt(steps)} GRPO steps of {prompts} prompts × {group} "
                    "completions, instead of verl on GPUs with 512 prompts per step.")
-    sampled = [f"{ref.name} {value:g} (Search-R1: {ref.search_r1:g})" for ref in SEARCH_R1
-               for name, key in SAMPLING_KEYS.items() if ref.name == name
-               for value in [_get(config, key, ref.search_r1)] if value != ref.search_r1]
+    reference = {ref.name: ref.search_r1 for ref in SEARCH_R1}
+    sampled = [f"{name} {value:g} (Search-R1: {reference[name]:g})" for name, key in SAMPLING_KEYS.items()
+               if (value := _get(config, key, reference[name])) != reference[name]]
     if sampled:
         out.append(f"**GRPO sampling and loss:** {', '.join(sampled)}.")
     embedder = str(_get(config, "retrieval.embedder.model", ""))

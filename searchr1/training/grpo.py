@@ -78,13 +78,14 @@ def refill_flat_groups(rollouts: list[Rollout], rewards: list[float], group_size
 
 def make_rollout_func(searcher: Searcher, agent: AgentConfig, *, temperature: float, top_p: float,
                       questions: Sequence[Mapping[str, Any]] = (), group_size: int = 1, refill_rounds: int = 0,
-                      seed: int = 0) -> Callable[[list[str], Any], dict[str, list]]:
+                      seed: int = 0, format_reward: float = 0.0) -> Callable[[list[str], Any], dict[str, list]]:
     """TRL's `rollout_func`: one sampled multi-turn rollout per prompt received (TRL's sampler already
     repeats each question `group_size` times), by the evaluation loop, with the model being trained.
 
     `questions` (the TRL training rows) let each rollout carry its question's id, golden answers and suite,
     and, with `refill_rounds` > 0, supply the fresh questions that replace groups with no reward variance
-    (drawn with a generator seeded by (seed, step, round): a resumed run draws the same ones).
+    (drawn with a generator seeded by (seed, step, round): a resumed run draws the same ones). Flat is judged
+    by the reward the trainer uses (`format_reward` as in `SearchR1Reward`).
     """
     rows = {str(q["prompt"]): q for q in questions}
     protocol = AgentProtocol.from_config(agent)
@@ -113,7 +114,8 @@ def make_rollout_func(searcher: Searcher, agent: AgentConfig, *, temperature: fl
                 pool = [p for p in rows if p not in scheduled]
 
                 def reward_of(ros: Sequence[Rollout]) -> list[float]:
-                    return [protocol.reward(model_text(r.segments), r.question["golden_answers"]) for r in ros]
+                    return [protocol.reward(model_text(r.segments), r.question["golden_answers"], format_reward)
+                            for r in ros]
 
                 def sample(round_: int, k: int) -> tuple[list[Rollout], list[float]]:
                     picked = random.Random(f"{seed}/{step}/{round_}").sample(pool, min(k, len(pool)))
@@ -327,7 +329,8 @@ def train_grpo(policy_path: Path | str, train_data_dir: Path, searcher: Searcher
     logger = StepLogger(reward, log_metrics)
     args = grpo_args(cfg, work_dir, **dict(trl_overrides or {}))
     rollout_func = make_rollout_func(searcher, cfg.agent, temperature=g.temperature, top_p=g.top_p, questions=rows,
-                                     group_size=g.group_size, refill_rounds=g.refill_rounds, seed=cfg.run.seed)
+                                     group_size=g.group_size, refill_rounds=g.refill_rounds, seed=cfg.run.seed,
+                                     format_reward=g.format_reward)
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is marked experimental in TRL 1.16
     trainer = Trainer(model=model, reward_funcs=[reward], args=args, train_dataset=Dataset.from_list(rows),
                       processing_class=tok, rollout_func=rollout_func, callbacks=[logger])
