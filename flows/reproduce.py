@@ -138,6 +138,8 @@ def reproduce(config: str = "configs/tiny.yaml", overrides: list[str] | None = N
             run_artifacts.publish(ctx.run_dir, STAGES, started, parent.url, report_file, label)
         except Exception as exc:  # the results exist either way; never fail a run over its links
             logger.warning("could not publish the run's Prefect artifacts: %r", exc)
+        rows = run_artifacts.stage_rows(run_artifacts.read_ledger(ctx.run_dir), STAGES, started)
+        print("Stage times:\n" + run_artifacts.stage_times_text(rows, time.time() - started))
 
 
 def _output(value: StageOutput | State) -> StageOutput:

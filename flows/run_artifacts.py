@@ -48,6 +48,16 @@ def stage_rows(ledger: Sequence[dict[str, Any]], stages: Sequence[str], since: f
     return rows
 
 
+def stage_times_text(rows: Sequence[dict[str, Any]], wall_seconds: float) -> str:
+    """The run's stages as a console table (what `make run` prints last): status, seconds, share of the wall."""
+    lines = [f"{'stage':>11}  {'status':<11} {'seconds':>8}  share"]
+    for r in rows:
+        share = f"{100 * r['seconds'] / wall_seconds:4.0f}%" if wall_seconds > 0 and r["seconds"] else ""
+        lines.append(f"{r['stage']:>11}  {r['status']:<11} {r['seconds']:8.1f}  {share}")
+    lines.append(f"{'wall':>11}  {'':<11} {wall_seconds:8.1f}  (this flow run, Prefect and MLflow included)")
+    return "\n".join(lines)
+
+
 def publish(run_dir: Path, stages: Sequence[str], since: float, mlflow_url: str | None,
             report: Path | None, label: str) -> None:
     """Link artifacts (MLflow parent run, report) and the stage table of this flow run."""

@@ -118,3 +118,20 @@ def test_saved_view_shows_headline_columns_and_expands_recent_parents(tmp_path):
     assert set(view["columnWidths"]) == set(view["selectedColumns"])
     run = tracker.client.get_run(parents[1])
     assert run.info.run_name == "tiny-v-2" and run.data.metrics["headline/em/average"] == 0.25
+
+
+def test_stage_times_table_lists_each_stage_with_its_share_of_the_wall():
+    from flows.run_artifacts import stage_rows, stage_times_text
+
+    ledger = [{"time": 1.0, "stage": "corpus", "key": "k1", "status": "cached"},
+              {"time": 2.0, "stage": "index", "key": "k2", "status": "started"},
+              {"time": 3.0, "stage": "index", "key": "k2", "status": "ran", "seconds": 30.0},
+              {"time": 4.0, "stage": "train", "key": "k3", "status": "started"},
+              {"time": 9.0, "stage": "train", "key": "k3", "status": "failed", "seconds": 5.0, "error": "boom"}]
+    text = stage_times_text(stage_rows(ledger, ["corpus", "index", "train", "report"], since=0.0), 60.0)
+    lines = text.splitlines()
+    assert [ln.split()[0] for ln in lines[1:]] == ["corpus", "index", "train", "wall"]  # report never ran
+    assert lines[1].split()[1:3] == ["cached", "0.0"]
+    assert lines[2].split()[1:] == ["ran", "30.0", "50%"]
+    assert lines[3].split()[1:] == ["failed", "5.0", "8%"]
+    assert lines[4].split()[1] == "60.0"
