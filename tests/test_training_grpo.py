@@ -77,7 +77,7 @@ def test_rollout_func_gives_trl_one_masked_rollout_per_prompt(policy, tmp_path):
     model.train()
     fn = make_rollout_func(WordOverlapSearcher(DOCS), cfg.agent, temperature=1.0, top_p=1.0)
     prompts = [QS["single_hop"][0]["question"]] * 2 + [QS["single_hop"][1]["question"]] * 2
-    out = fn(prompts, SimpleNamespace(model=model, processing_class=tok))
+    out = fn(prompts, SimpleNamespace(model=model, processing_class=tok, state=SimpleNamespace(global_step=0)))
     assert model.training  # handed back in train mode
     assert {len(out[k]) for k in ("prompt_ids", "completion_ids", "env_mask", "rollout")} == {4}
     assert out["logprobs"] is None  # same model samples and trains: TRL needs no correction

@@ -107,3 +107,62 @@ def test_vllm_rollouts_equal_the_transformers_rollouts(policy_path, vllm_generat
     for a, b in zip(ref, got, strict=True):
         assert (a.turns, a.gen_tokens, a.stop_reason) == (b.turns, b.gen_tokens, b.stop_reason)
         assert (a.completion_ids, a.completion_mask) == (b.completion_ids, b.completion_mask)
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_seeded_sampling_repeats_its_draws_and_another_seed_draws_others(vllm_generator):
+    """GRPO's vLLM rollouts are seeded per (turn, row): the same seed samples the same rollouts again, even
+    with other rows beside them in the batch; another seed samples others."""
+    from searchr1.agent.rollout import run_agent
+
+    gen = vllm_generator
+    try:
+        gen.greedy, gen.temperature = False, 1.0
+
+        def sample(seed: int, questions) -> list[str]:
+            gen.seed = seed
+            return [r.response for r in run_agent(questions, gen, KeywordSearcher(), COMPARE_CFG, progress=False)]
+
+        first = sample(7, QUESTIONS[:4])
+        assert sample(7, QUESTIONS[:4]) == first
+        assert sample(7, QUESTIONS[:6])[:4] == first  # two more rows in the batch change nothing above them
+        assert sample(8, QUESTIONS[:4]) != first
+    finally:
+        gen.greedy, gen.seed = True, None
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_grpo_rollouts_by_vllm_sample_the_weights_of_their_step(policy_path, tmp_path):
+    """training.grpo.rollout_generator=vllm: each step starts an engine on the trainer's current weights (step
+    2 samples what step 1 trained, bit for bit), and the steps record their rollouts as the in-process
+    sampler's do."""
+    import pyarrow.parquet as pq
+    from safetensors.torch import load_file
+    from test_training_grpo import DOCS, QS, _cfg
+
+    from searchr1.config import config_from_dict
+    from searchr1.training.data import build_train_data
+    from searchr1.training.grpo import ROLLOUT_POLICY_DIR, ROLLOUTS_DIR, train_grpo
+    from searchr1.training.search_tool import WordOverlapSearcher
+
+    base = _cfg(2, tmp_path).model_dump(mode="json")
+    base["training"]["grpo"].update(rollout_generator="vllm", rollout_kv_cache_gib=0.5, learning_rate=1e-4)
+    base["agent"]["vllm"] = {"cpu_kv_cache_gib": 0.5}
+    cfg = config_from_dict(base)
+    build_train_data(QS, cfg, tmp_path / "data")
+    work = tmp_path / "train"
+    # weight decay moves the weights at step 1 even when every reward of the untrained policy is equal
+    res = train_grpo(policy_path, tmp_path / "data", WordOverlapSearcher(DOCS), cfg, work,
+                     trl_overrides={"weight_decay": 0.1})
+    assert res["steps"] == 2
+    sampled = load_file(str(work / ROLLOUT_POLICY_DIR / "model.safetensors"))  # what step 2's engine loaded
+    trained = load_file(str(Path(res["checkpoints"][0]) / "model.safetensors"))  # the weights after step 1
+    start = load_file(str(Path(policy_path) / "model.safetensors"))
+    assert sampled.keys() == trained.keys()
+    assert all((sampled[k] == trained[k]).all() for k in trained)
+    assert any((trained[k] != start[k]).any() for k in trained if k in start)  # step 1 did move the weights
+    for step in (1, 2):
+        rows = pq.read_table(work / ROLLOUTS_DIR / f"step-{step:06d}.parquet").to_pylist()
+        assert len(rows) == 4 and all(r["gen_tokens"] > 0 for r in rows)

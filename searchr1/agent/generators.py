@@ -9,6 +9,7 @@ re-encodes everything each turn). The vLLM backend relies on vLLM's own prefix c
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -251,7 +252,7 @@ class VLLMGenerator:
     def __init__(self, model_path: str, *, greedy: bool = True, temperature: float = 1.0, top_p: float = 1.0,
                  dtype: str = "bfloat16", trust_remote_code: bool = False, enforce_eager: bool | None = None,
                  max_model_len: int | None = None, gpu_memory_utilization: float = 0.6,
-                 cpu_kv_cache_gib: float = 2.0, cpu_threads_bind: str = "all"):
+                 cpu_kv_cache_gib: float = 2.0, cpu_threads_bind: str = "all", seed: int | None = None):
         import os
 
         from transformers import AutoTokenizer
@@ -283,10 +284,14 @@ class VLLMGenerator:
                 del os.environ[key]
             os.environ.update(saved)
         self.greedy, self.temperature, self.top_p = greedy, temperature, top_p
+        # Sampling: with a seed, every (turn, row) of a batch draws from its own seeded stream, so a batch
+        # samples the same tokens whatever else the engine runs; None leaves it to the engine's RNG.
+        self.seed = seed
         self.end_ids = end_token_ids(_GenerationConfigHolder(model_path), self.tokenizer)
         self.history: list[list[int]] = []
         self.generated: list[list[int]] = []
         self.prompt_len: list[int] = []
+        self._turn = 0
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -295,6 +300,7 @@ class VLLMGenerator:
         self.history = [self.encode(p) for p in prompts]
         self.prompt_len = [len(h) for h in self.history]
         self.generated = [[0] * n for n in self.prompt_len]
+        self._turn = 0
         return list(self.prompt_len)
 
     def extend(self, row: int, text: str) -> int:
@@ -317,7 +323,13 @@ class VLLMGenerator:
         # eos_token, which for the converted SmolLM2 is <|im_start|>)
         params = SamplingParams(max_tokens=max_new_tokens, stop=list(stop), include_stop_str_in_output=True,
                                 stop_token_ids=self.end_ids, ignore_eos=True, **sampling)
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=self.history[r]) for r in rows], params,
+        per_row: SamplingParams | list[SamplingParams] = params
+        if self.seed is not None and not self.greedy:
+            per_row = [params.clone() for _ in rows]
+            for r, p in zip(rows, per_row, strict=True):
+                p.seed = zlib.crc32(f"{self.seed}/{self._turn}/{r}".encode())
+        self._turn += 1
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=self.history[r]) for r in rows], per_row,
                                  use_tqdm=False)
         results = []
         for r, out in zip(rows, outs, strict=True):
@@ -348,20 +360,25 @@ class _GenerationConfigHolder:
             self.generation_config = None
 
 
-def make_generator(model_path: Any, cfg: AgentConfig, policy_cfg: Any, *, greedy: bool = True) -> Generator:
-    """The configured backend for a checkpoint folder (transformers loads the model on CPU)."""
+def make_generator(model_path: Any, cfg: AgentConfig, policy_cfg: Any, *, greedy: bool = True,
+                   temperature: float | None = None, top_p: float = 1.0, cpu_kv_cache_gib: float | None = None,
+                   seed: int | None = None) -> Generator:
+    """The configured backend for a checkpoint folder (transformers loads the model on CPU). The keywords
+    override the agent section for a caller that samples differently (GRPO's temperature, top-p and seed)."""
+    temperature = cfg.temperature if temperature is None else temperature
     if cfg.generator == "vllm":
         v = cfg.vllm
-        return VLLMGenerator(str(model_path), greedy=greedy, temperature=cfg.temperature,
+        return VLLMGenerator(str(model_path), greedy=greedy, temperature=temperature, top_p=top_p,
                              dtype=policy_cfg.dtype if v.dtype == "policy" else v.dtype,
                              trust_remote_code=policy_cfg.trust_remote_code, enforce_eager=v.enforce_eager,
                              max_model_len=v.max_model_len, gpu_memory_utilization=v.gpu_memory_utilization,
-                             cpu_kv_cache_gib=v.cpu_kv_cache_gib, cpu_threads_bind=v.cpu_threads_bind)
+                             cpu_kv_cache_gib=v.cpu_kv_cache_gib if cpu_kv_cache_gib is None else cpu_kv_cache_gib,
+                             cpu_threads_bind=v.cpu_threads_bind, seed=seed)
     from searchr1.models import load_policy
 
     model, tok = load_policy(model_path, policy_cfg)
     model.eval()
-    return TransformersGenerator(model, tok, greedy=greedy, temperature=cfg.temperature)
+    return TransformersGenerator(model, tok, greedy=greedy, temperature=temperature, top_p=top_p)
 
 
 def close_generator(generator: Generator | None) -> None:

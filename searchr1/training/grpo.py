@@ -32,7 +32,6 @@ from typing import Any
 
 from searchr1 import faults
 from searchr1.agent.config import AgentConfig
-from searchr1.agent.generators import TransformersGenerator
 from searchr1.agent.protocol import AgentProtocol
 from searchr1.agent.rollout import Rollout, run_agent
 from searchr1.agent.trace import Question, model_text, write_rollouts
@@ -41,9 +40,11 @@ from searchr1.schema import AGENT
 from searchr1.tracking import MetricsLogger, committed_metrics, null_logger
 from searchr1.training.checkpoints import COMPLETE_MARKER, checkpoints_dir, latest_checkpoint, step_name
 from searchr1.training.data import read_trl_rows
+from searchr1.training.rollout_samplers import Sampler, in_process_sampler, reseed, vllm_sampler
 
 ROLLOUTS_DIR = "rollouts"
 STAGING_DIR = ".trainer"  # the Trainer writes checkpoint-N here; we rename it into checkpoints/
+ROLLOUT_POLICY_DIR = ".rollout-policy"  # the weights a vLLM rollout engine loads, rewritten every step
 
 
 # ---------------------------------------------------------------- rollouts and reward
@@ -78,9 +79,11 @@ def refill_flat_groups(rollouts: list[Rollout], rewards: list[float], group_size
 
 def make_rollout_func(searcher: Searcher, agent: AgentConfig, *, temperature: float, top_p: float,
                       questions: Sequence[Mapping[str, Any]] = (), group_size: int = 1, refill_rounds: int = 0,
-                      seed: int = 0, format_reward: float = 0.0) -> Callable[[list[str], Any], dict[str, list]]:
+                      seed: int = 0, format_reward: float = 0.0, sampler: Sampler | None = None,
+                      ) -> Callable[[list[str], Any], dict[str, list]]:
     """TRL's `rollout_func`: one sampled multi-turn rollout per prompt received (TRL's sampler already
-    repeats each question `group_size` times), by the evaluation loop, with the model being trained.
+    repeats each question `group_size` times), by the evaluation loop, with the policy of the step: the model
+    being trained samples in this process unless `sampler` says otherwise (`rollout_samplers.vllm_sampler`).
 
     `questions` (the TRL training rows) let each rollout carry its question's id, golden answers and suite,
     and, with `refill_rounds` > 0, supply the fresh questions that replace groups with no reward variance
@@ -89,6 +92,7 @@ def make_rollout_func(searcher: Searcher, agent: AgentConfig, *, temperature: fl
     """
     rows = {str(q["prompt"]): q for q in questions}
     protocol = AgentProtocol.from_config(agent)
+    sampler = sampler or in_process_sampler(temperature, top_p)
     if refill_rounds and not rows:
         raise ValueError("grpo.refill_rounds > 0 needs the training questions to draw fresh groups from")
 
@@ -100,16 +104,13 @@ def make_rollout_func(searcher: Searcher, agent: AgentConfig, *, temperature: fl
                 "benchmark": row["benchmark"]}
 
     def rollout_func(prompts: list[str], trainer: Any) -> dict[str, list]:
-        model, tok = trainer.model, trainer.processing_class
-        was_training = model.training
-        model.eval()  # generation with the KV cache; gradient checkpointing only applies in train mode
+        tok = trainer.processing_class
+        step = trainer.state.global_step + 1
         t0 = time.perf_counter()
         refill: dict[str, float] = {}
-        try:
-            gen = TransformersGenerator(model, tok, greedy=False, temperature=temperature, top_p=top_p)
+        with sampler(trainer, step) as gen:
             rollouts = run_agent([question(p) for p in prompts], gen, searcher, agent, progress=False)
             if refill_rounds:
-                step = trainer.state.global_step + 1
                 scheduled = set(prompts)
                 pool = [p for p in rows if p not in scheduled]
 
@@ -119,13 +120,12 @@ def make_rollout_func(searcher: Searcher, agent: AgentConfig, *, temperature: fl
 
                 def sample(round_: int, k: int) -> tuple[list[Rollout], list[float]]:
                     picked = random.Random(f"{seed}/{step}/{round_}").sample(pool, min(k, len(pool)))
+                    reseed(gen, seed, step, round_ + 1)
                     drawn = [{**question(p), "refill": round_ + 1} for p in picked for _ in range(group_size)]
                     fresh = run_agent(drawn, gen, searcher, agent, progress=False)
                     return fresh, reward_of(fresh)
 
                 refill = refill_flat_groups(rollouts, reward_of(rollouts), group_size, refill_rounds, sample)
-        finally:
-            model.train(was_training)
         prompt_ids = [tok(r.prompt, add_special_tokens=False)["input_ids"] for r in rollouts]
         # a scalar extra field reaches the reward function once per completion: the step's rollout time
         return {"prompt_ids": prompt_ids, "completion_ids": [r.completion_ids for r in rollouts],
@@ -328,9 +328,13 @@ def train_grpo(policy_path: Path | str, train_data_dir: Path, searcher: Searcher
     StepLogger, Trainer = _trainer_classes()
     logger = StepLogger(reward, log_metrics)
     args = grpo_args(cfg, work_dir, **dict(trl_overrides or {}))
+    sampler = None
+    if g.rollout_generator == "vllm":
+        sampler = vllm_sampler(work_dir / ROLLOUT_POLICY_DIR, cfg.agent, cfg.policy, temperature=g.temperature,
+                               top_p=g.top_p, kv_cache_gib=g.rollout_kv_cache_gib, seed=cfg.run.seed)
     rollout_func = make_rollout_func(searcher, cfg.agent, temperature=g.temperature, top_p=g.top_p, questions=rows,
                                      group_size=g.group_size, refill_rounds=g.refill_rounds, seed=cfg.run.seed,
-                                     format_reward=g.format_reward)
+                                     format_reward=g.format_reward, sampler=sampler)
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is marked experimental in TRL 1.16
     trainer = Trainer(model=model, reward_funcs=[reward], args=args, train_dataset=Dataset.from_list(rows),
                       processing_class=tok, rollout_func=rollout_func, callbacks=[logger])
