@@ -161,6 +161,10 @@ def deviations(config: Mapping[str, Any], stages: Mapping[str, StageSummary]) ->
                if (value := _get(config, key, reference[name])) != reference[name]]
     if sampled:
         out.append(f"**GRPO sampling and loss:** {', '.join(sampled)}.")
+    refill = _get(config, "training.grpo.refill_rounds", 0)
+    if refill:
+        out.append(f"**Dynamic sampling (DAPO):** up to {refill} draw(s) of fresh training questions per step replace "
+                   "groups whose rollouts all got one reward; Search-R1 trains on every group as sampled.")
     embedder = str(_get(config, "retrieval.embedder.model", ""))
     if embedder and "e5" not in embedder.lower():
         out.append(f"**Retriever:** `{embedder}` instead of e5-base-v2.")
@@ -173,6 +177,7 @@ def _config_summary(config: Mapping[str, Any]) -> str:
             "policy.model", "agent.prompt_style", "agent.max_turns", "training.engine",
             "training.warm_start.enabled", "training.grpo.steps", "training.grpo.prompts_per_step",
             "training.grpo.group_size", "training.grpo.learning_rate", "training.grpo.kl_coef",
+            "training.grpo.temperature", "training.grpo.refill_rounds", "training.grpo.rollout_generator",
             "training.grpo.save_every", "evaluation.checkpoints", "evaluation.baselines",
             "reflection.bootstrap_samples", "reflection.lexicon_file"]
     rows = [{"setting": k, "value": _get(config, k)} for k in keys if _get(config, k, "__missing__") != "__missing__"]

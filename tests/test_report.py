@@ -152,7 +152,10 @@ def test_deviations_name_the_sampling_and_the_warm_start_check_rate():
     assert sampling == ["**GRPO sampling and loss:** temperature 0.7 (Search-R1: 1), KL coefficient 0 "
                         "(Search-R1: 0.001)."]  # a key the config lacks is not called a deviation
     same = {"training": {"grpo": {"temperature": 1.0, "top_p": 0.95, "kl_coef": 0.001}}}
-    assert not any(d.startswith("**GRPO sampling") for d in deviations(same, {}))
+    assert not any(d.startswith(("**GRPO sampling", "**Dynamic")) for d in deviations(same, {}))
+    refilled = {"training": {"grpo": {"refill_rounds": 2}}}
+    assert [d for d in deviations(refilled, {}) if d.startswith("**Dynamic")][0].startswith(
+        "**Dynamic sampling (DAPO):** up to 2 draw(s)")
 
 
 def test_summaries_round_trip_through_the_manifest_json():
