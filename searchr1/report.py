@@ -147,6 +147,9 @@ def deviations(config: Mapping[str, Any], stages: Mapping[str, StageSummary]) ->
         checks = (f" {ws.verify_rate:.0%} of them check one hop with a second search after a reflective phrase "
                   "(\"Wait, let me verify …\"): the starting rate of the behaviour the reflection study follows."
                   if isinstance(ws, WarmStartSummary) and ws.traces else "")
+        if checks and ws.check_probability is not None:
+            checks += (f" What the fine-tuned policy learnt of it: probability {ws.check_probability:.1%} of opening "
+                       "that turn with \"Wait\" (mean over the traces' first-hop decisions).")
         out.append(f"**Supervised warm start:** before GRPO the policy was fine-tuned on {_fmt(n) if n else 'some'} "
                    "worked search traces, because a model this small never calls the tool on its own and GRPO gets "
                    f"no reward variance to learn from. Search-R1 starts RL from the instruct model directly.{checks}")

@@ -74,6 +74,7 @@ class WarmStartSummary(StageSummary):
     model: str = "model"  # the fine-tuned model's folder
     traces: int = 0
     verify_rate: float = 0.0  # share of the traces that check a hop after a reflective phrase
+    check_probability: float | None = None  # the trained policy's mean P("Wait") where the traces check or go on
 
 
 class TrainSummary(StageSummary):

@@ -147,7 +147,10 @@ def test_deviations_name_the_sampling_and_the_warm_start_check_rate():
     stages = {"warm-start": WarmStartSummary.of({"steps": 3, "traces": 96, "verify_rate": 0.5})}
     cfg = {"training": {"warm_start": {"enabled": True}, "grpo": {"temperature": 0.7, "kl_coef": 0.0}}}
     devs = deviations(cfg, stages)
-    assert any("50% of them check one hop" in d for d in devs)
+    assert any("50% of them check one hop" in d and "learnt" not in d for d in devs)
+    learnt = {"warm-start": WarmStartSummary.of({"steps": 3, "traces": 96, "verify_rate": 0.5,
+                                                 "check_probability": 0.0134})}
+    assert any("probability 1.3% of opening that turn" in d for d in deviations(cfg, learnt))
     sampling = [d for d in devs if d.startswith("**GRPO sampling")]
     assert sampling == ["**GRPO sampling and loss:** temperature 0.7 (Search-R1: 1), KL coefficient 0 "
                         "(Search-R1: 0.001)."]  # a key the config lacks is not called a deviation

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from types import SimpleNamespace
+
 import pytest
 from test_agent_fixtures import CharTokenizer
 
@@ -86,3 +89,31 @@ def test_namesakes_are_one_letter_apart_and_leave_the_rest_of_the_world_unchange
         assert len(near) == 1, twin.name
         assert near[0].occupation == twin.occupation and near[0].birthplace is not twin.birthplace
     assert len({p.name.lower() for p in w.people}) == len(w.people)  # still no exact duplicate
+
+
+def test_check_probability_reads_the_policy_at_the_first_hop_decision(world):
+    """The warm start's diagnostic: the model is asked, at the turn after the first hop's result (where every check
+    begins), for the probability of the check's first word; the mean over traces is returned."""
+    import torch
+
+    from searchr1.agent.prompts import tools_for
+    from searchr1.training.warmstart import check_probability
+
+    traces, _ = _traces(world, 0.5)
+    seen: list[str] = []
+
+    class Policy:  # P("W") = 0.25 after "<think>", wherever it is asked
+        def __call__(self, input_ids, logits_to_keep=1):
+            text = "".join(chr(i) for i in input_ids[0].tolist())
+            seen.append(text)
+            logits = torch.full((1, 1, 256), -1e9)
+            logits[0, 0, ord("W")] = 0.0
+            logits[0, 0, ord("N")] = math.log(3.0) if text.endswith("<think>") else 1e9
+            return SimpleNamespace(logits=logits)
+
+    p = check_probability(Policy(), CharTokenizer(), traces, tools_for("tool_call"), limit=5)
+    assert p == pytest.approx(0.25)
+    assert len(seen) == 5
+    for text in seen:  # the prompt, the first hop's call and result, then the new turn's opening
+        assert text.endswith("<|im_start|>assistant\n<think>") and text.count("</tool_response><|im_end|>") == 1
+    assert check_probability(Policy(), CharTokenizer(), [t[:4] for t in traces], None) is None  # no second turn

@@ -151,6 +151,31 @@ def build_traces(questions: Mapping[str, Sequence[Question]], searcher: Searcher
                     "verify_rate": verified / len(traces) if traces else 0.0}
 
 
+def check_probability(model, tokenizer, traces: Sequence[Sequence[Mapping[str, Any]]], tools, limit: int = 32,
+                      word: str = "Wait") -> float | None:
+    """What the policy learnt of the checks: its mean probability of opening the assistant turn after the first
+    hop's result with `word` (how every check begins), over the first `limit` traces with such a turn.
+
+    The traces check at `verify_rate`; a policy that puts far less than that on the word will not check when it
+    decodes greedily, and rarely when it samples. None when no trace has a second assistant turn.
+    """
+    import torch
+
+    think = tokenizer("<think>", add_special_tokens=False)["input_ids"]
+    opened = tokenizer("<think>" + word, add_special_tokens=False)["input_ids"]
+    if opened[:len(think)] != think or len(opened) == len(think):
+        raise ValueError(f"check_probability: {word!r} does not start a token after '<think>' in this tokenizer")
+    target = opened[len(think)]
+    probs = []
+    with torch.no_grad():
+        for t in [t for t in traces if len(t) > 4 and t[4]["role"] == "assistant"][:limit]:
+            head = tokenizer.apply_chat_template(list(t[:4]), tools=tools, add_generation_prompt=True, tokenize=False)
+            ids = tokenizer(head, add_special_tokens=False)["input_ids"] + think  # as tokenize_trace splits it
+            logits = model(input_ids=torch.tensor([ids]), logits_to_keep=1).logits[0, -1]
+            probs.append(float(logits.float().softmax(-1)[target]))
+    return sum(probs) / len(probs) if probs else None
+
+
 def masked_lm_loss(model, input_ids, attention_mask, labels):
     """Next-token loss on the labelled positions only, projecting just those through the LM head.
 
@@ -225,6 +250,8 @@ def warm_start(policy_path: Path | str, questions: Mapping[str, Sequence[Questio
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
     seconds = time.perf_counter() - t0
+    model.eval()
+    summary["check_probability"] = check_probability(model, tok, traces, tools)
     return {**summary, "steps": step, "loss_first": losses[0], "loss_last": losses[-1],
             "trained_tokens_per_example": sum(sum(x != IGNORE for x in lab) for _, lab in examples) / len(examples),
             "seconds": seconds, "tokens_per_s": tokens / seconds, "model": str(out_dir / "model")}
