@@ -72,7 +72,8 @@ def test_same_prompt_token_ids(engines, world):
     model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
                                          num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
                                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
-    trainer = type("Trainer", (), {"model": model, "processing_class": tokenizer})()
+    trainer = type("Trainer", (), {"model": model, "processing_class": tokenizer,
+                                   "state": type("State", (), {"global_step": 0})()})()
     cfg = small_verl_config(policy_path(), style)
     with RetrievalClient(url) as client:
         trl = make_rollout_func(client, cfg.agent, temperature=1.0, top_p=1.0)([QUESTION["question"]], trainer)
