@@ -149,7 +149,6 @@ def test_grpo_rollouts_by_vllm_sample_the_weights_of_their_step(policy_path, tmp
 
     base = _cfg(2, tmp_path).model_dump(mode="json")
     base["training"]["grpo"].update(rollout_generator="vllm", rollout_kv_cache_gib=0.5, learning_rate=1e-4)
-    base["agent"]["vllm"] = {"cpu_kv_cache_gib": 0.5}
     cfg = config_from_dict(base)
     build_train_data(QS, cfg, tmp_path / "data")
     work = tmp_path / "train"
