@@ -169,9 +169,13 @@ def check_probability(model, tokenizer, traces: Sequence[Sequence[Mapping[str, A
     probs = []
     with torch.no_grad():
         for t in [t for t in traces if len(t) > 4 and t[4]["role"] == "assistant"][:limit]:
-            head = tokenizer.apply_chat_template(list(t[:4]), tools=tools, add_generation_prompt=True, tokenize=False)
-            ids = tokenizer(head, add_special_tokens=False)["input_ids"] + think  # as tokenize_trace splits it
-            logits = model(input_ids=torch.tensor([ids]), logits_to_keep=1).logits[0, -1]
+            # the tokens the model was trained on, up to that turn's "<think>": its first trained token
+            ids, labels = tokenize_trace(tokenizer, t[:5], tools)
+            turn = next(i for i in range(len(labels) - 1, -1, -1) if labels[i] == IGNORE) + 1
+            if ids[turn:turn + len(think)] != think:
+                raise ValueError("check_probability: a trace's second turn does not open with '<think>': "
+                                 f"{t[4]['content']!r:.80}")
+            logits = model(input_ids=torch.tensor([ids[:turn + len(think)]]), logits_to_keep=1).logits[0, -1]
             probs.append(float(logits.float().softmax(-1)[target]))
     return sum(probs) / len(probs) if probs else None
 
