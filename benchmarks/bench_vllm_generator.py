@@ -15,6 +15,10 @@ how many full responses are identical to the baseline's.
     python benchmarks/bench_vllm_generator.py [--repeats 3] [--vllm-dtypes float32,bfloat16] [--policy DIR]
         [--agent-from configs/tiny.yaml]
 
+With --block-sizes 128,32 it compares vLLM's KV-cache block sizes instead (the baseline is the first; 128 is
+vLLM's own CPU default, 32 the project's), first dtype of --vllm-dtypes, no transformers run. Prefix caching
+reuses whole blocks only, so the block decides how much of each turn's history is encoded again.
+
 Without vLLM installed it says so and exits 0 (it is an optional install).
 """
 
@@ -66,6 +70,40 @@ def bench_transformers(path: Path | str, run: Callable[[Generator], list[Rollout
     return {"startup": startup, "secs": secs, "rates": rates, "ro": ro}
 
 
+def bench_vllm(path: Path | str, run: Callable[[Generator], list[Rollout]], warm_up: Callable[[Generator], None],
+               repeats: int, **engine) -> dict:
+    """One engine: its start-up, then timed rounds with the prefix cache emptied before each."""
+    t0 = time.perf_counter()
+    gen = VLLMGenerator(str(path), greedy=True, **engine)
+    startup = time.perf_counter() - t0
+    try:
+        warm_up(gen)
+        secs, rates, ro = timed_rounds(lambda: run(gen), repeats, gen.llm.reset_prefix_cache)
+    finally:
+        gen.close()
+    return {"startup": startup, "secs": secs, "rates": rates, "ro": ro}
+
+
+def report(results: dict[str, dict], base_name: str, n: int) -> None:
+    """Per candidate: tokens/s per round, the median, the ratio against `base_name`, identical responses."""
+    base = results[base_name]["ro"]
+    print(f"generated tokens ({base_name}): {sum(r.gen_tokens for r in base)}   "
+          f"mean turns per question: {sum(r.turns for r in base) / n:.2f}")
+    base_rate = statistics.median(results[base_name]["rates"])
+    for name, r in results.items():
+        med = statistics.median(r["rates"])
+        same = sum(a.response == b.response for a, b in zip(base, r["ro"], strict=True))
+        print(f"{name:36s} start-up {r['startup']:6.1f} s   tokens/s per round "
+              f"{', '.join(f'{x:.1f}' for x in r['rates'])}   median {med:7.1f}   "
+              f"({statistics.median(r['secs']):.1f} s/round)   RATIO vs {base_name} {med / base_rate:5.2f}x   "
+              f"identical responses {same}/{n}")
+    # what one checkpoint's evaluation costs: the engine (or model) start-up is paid once per checkpoint
+    per_ckpt = {name: r["startup"] + statistics.median(r["secs"]) for name, r in results.items()}
+    for name, secs in per_ckpt.items():
+        print(f"{name:36s} one evaluation incl. start-up {secs:7.1f} s   RATIO vs {base_name} "
+              f"{per_ckpt[base_name] / secs:5.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--questions", type=int, default=16)
@@ -87,6 +125,8 @@ def main() -> None:
     ap.add_argument("--baseline-batch", type=int, default=None,
                     help="batch size of the transformers baseline (default: the agent's); e.g. 16, the tiny "
                          "profile's evaluation batch before it moved to vLLM with 64")
+    ap.add_argument("--block-sizes", default="",
+                    help="compare vLLM KV-cache block sizes instead, e.g. '128,32' (baseline: the first)")
     args = ap.parse_args()
     print(f"machine at start: load average {os.getloadavg()} on {os.cpu_count()} cores")
     if importlib.util.find_spec("vllm") is None:
@@ -111,45 +151,30 @@ def main() -> None:
     def warm_up(gen: Generator) -> None:  # first-call costs (stop-string tables, allocator) outside the timings
         run_agent(questions[:2], gen, searcher, cfg.model_copy(update={"max_turns": 1}), progress=False)
 
+    engine = {"cpu_kv_cache_gib": args.kv_cache_gib, "cpu_threads_bind": args.threads_bind}
+    dtypes = [d for d in args.vllm_dtypes.split(",") if d]
+    results: dict[str, dict] = {}
+    if args.block_sizes:
+        for bs in args.block_sizes.split(","):
+            name = f"vllm {dtypes[0]} block {bs}"
+            print(f"{name}:", flush=True)
+            results[name] = bench_vllm(path, run, warm_up, args.repeats, dtype=dtypes[0],
+                                       block_size=int(bs), **engine)
+        report(results, next(iter(results)), len(questions))
+        print(f"machine at end: load average {os.getloadavg()}")
+        return
     base_cfg = cfg.model_copy(update={"batch_size": args.baseline_batch or cfg.batch_size})
     print(f"transformers fp32 (KV cache reuse), batch {base_cfg.batch_size}:", flush=True)
-    results = {"transformers fp32 (KV cache reuse)": bench_transformers(
-        path, lambda gen: run_agent(questions, gen, searcher, base_cfg, progress=False), warm_up, args.repeats)}
+    results["transformers fp32 (KV cache reuse)"] = bench_transformers(
+        path, lambda gen: run_agent(questions, gen, searcher, base_cfg, progress=False), warm_up, args.repeats)
     t0 = time.perf_counter()
     import vllm  # once per process: counted apart from each engine's start-up
 
     print(f"import vllm {vllm.__version__}: {time.perf_counter() - t0:.1f} s")
-    for dtype in [d for d in args.vllm_dtypes.split(",") if d]:
+    for dtype in dtypes:
         print(f"vllm {dtype}:", flush=True)
-        t0 = time.perf_counter()
-        gen = VLLMGenerator(str(path), dtype=dtype, greedy=True, cpu_kv_cache_gib=args.kv_cache_gib,
-                            cpu_threads_bind=args.threads_bind)
-        startup = time.perf_counter() - t0
-        try:
-            warm_up(gen)
-            secs, rates, ro = timed_rounds(lambda g=gen: run(g), args.repeats, gen.llm.reset_prefix_cache)
-        finally:
-            gen.close()
-        results[f"vllm {dtype}"] = {"startup": startup, "secs": secs, "rates": rates, "ro": ro}
-    base = results["transformers fp32 (KV cache reuse)"]["ro"]
-
-    n = len(questions)
-    print(f"generated tokens (transformers): {sum(r.gen_tokens for r in base)}   "
-          f"mean turns per question: {sum(r.turns for r in base) / n:.2f}")
-    base_rate = statistics.median(results["transformers fp32 (KV cache reuse)"]["rates"])
-    for name, r in results.items():
-        med = statistics.median(r["rates"])
-        same = sum(a.response == b.response for a, b in zip(base, r["ro"], strict=True))
-        print(f"{name:36s} start-up {r['startup']:6.1f} s   tokens/s per round "
-              f"{', '.join(f'{x:.1f}' for x in r['rates'])}   median {med:7.1f}   "
-              f"({statistics.median(r['secs']):.1f} s/round)   RATIO vs transformers {med / base_rate:5.2f}x   "
-              f"identical responses {same}/{n}")
-    # what one checkpoint's evaluation costs: the engine (or model) start-up is paid once per checkpoint
-    per_ckpt = {name: r["startup"] + statistics.median(r["secs"]) for name, r in results.items()}
-    base_ckpt = per_ckpt["transformers fp32 (KV cache reuse)"]
-    for name, secs in per_ckpt.items():
-        print(f"{name:36s} one evaluation incl. start-up {secs:7.1f} s   RATIO vs transformers "
-              f"{base_ckpt / secs:5.2f}x")
+        results[f"vllm {dtype}"] = bench_vllm(path, run, warm_up, args.repeats, dtype=dtype, **engine)
+    report(results, "transformers fp32 (KV cache reuse)", len(questions))
     print(f"machine at end: load average {os.getloadavg()}")
 
 

@@ -51,10 +51,11 @@ def test_make_generator_passes_the_vllm_settings(monkeypatch):
     """agent.vllm reaches the engine; dtype "policy" follows policy.dtype."""
     seen = {}
     monkeypatch.setattr(generators, "VLLMGenerator", lambda path, **kw: seen.update(path=path, **kw) or "engine")
-    cfg = AgentConfig(generator="vllm", vllm=VLLMConfig(cpu_kv_cache_gib=0.5, cpu_threads_bind="0-1"))
+    cfg = AgentConfig(generator="vllm", vllm=VLLMConfig(cpu_kv_cache_gib=0.5, cpu_threads_bind="0-1",
+                                                        block_size=64))
     assert generators.make_generator("ckpt", cfg, PolicyConfig(dtype="bfloat16")) == "engine"
     assert seen["path"] == "ckpt" and seen["dtype"] == "bfloat16" and seen["enforce_eager"] is None
-    assert seen["cpu_kv_cache_gib"] == 0.5 and seen["cpu_threads_bind"] == "0-1"
+    assert seen["cpu_kv_cache_gib"] == 0.5 and seen["cpu_threads_bind"] == "0-1" and seen["block_size"] == 64
     cfg = cfg.model_copy(update={"vllm": VLLMConfig(dtype="float32")})
     generators.make_generator("ckpt", cfg, PolicyConfig(dtype="bfloat16"))
     assert seen["dtype"] == "float32"
@@ -100,6 +101,8 @@ def test_vllm_rollouts_equal_the_transformers_rollouts(policy_path, vllm_generat
     ref = run_agent(questions, generators.TransformersGenerator(model, tok), KeywordSearcher(), COMPARE_CFG,
                     progress=False)
     got = run_agent(questions, vllm_generator, KeywordSearcher(), COMPARE_CFG, progress=False)
+    if vllm_generator.on_cpu:  # the block that prefix caching reuses: the project's CPU default, not vLLM's 128
+        assert vllm_generator.llm.llm_engine.vllm_config.cache_config.block_size == generators.CPU_BLOCK_SIZE
     assert sum(r.turns for r in ref) > len(questions)  # several turns: tool text between turns was fed
     diffs = [(q["id"], a.response, b.response) for q, a, b in zip(questions, ref, got, strict=True)
              if a.response != b.response]

