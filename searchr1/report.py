@@ -269,6 +269,45 @@ def _headline(results: pd.DataFrame | None, analysis: Mapping[str, Any] | None) 
     return lines
 
 
+def seed_claim(analysis: Mapping[str, Any], config: Mapping[str, Any]) -> str | None:
+    """One sentence on the seed's claim (reflective phrases grow with training and go with a higher score):
+    what this run's evaluated checkpoints say about it, and what a run of this kind cannot say."""
+    cp = pd.DataFrame(analysis.get("tables", {}).get("checkpoints", []))
+    s = analysis.get("statistics", {})
+    if cp.empty or "across_checkpoints" not in s:
+        return None
+    cp = cp.sort_values("step")
+    first, last = cp.iloc[0], cp.iloc[-1]
+    across = s["across_checkpoints"]
+    r = across.get("pearson_r")
+    if across.get("conclusive") and r is not None:
+        stance = "supports" if r > 0 else "contradicts"
+    else:
+        stance = "neither supports nor contradicts"
+    partial, within = s.get("partial_step", {}), s.get("within_checkpoint", {})
+    moved = "rose" if last["ratio"] > first["ratio"] else "fell" if last["ratio"] < first["ratio"] else "stayed"
+    said = [f"the reflective ratio {moved} from {first['ratio']:.2f} ({first['checkpoint']}) to {last['ratio']:.2f} "
+            f"({last['checkpoint']}) over {len(cp)} evaluated checkpoints, and the relation between ratio and score "
+            f"across them {stance} the claim"]
+    if r is not None:
+        lo, hi = across.get("pearson_ci", [None, None])
+        ci = f", {across['confidence']:.0%} CI [{lo:+.2f}, {hi:+.2f}]" if lo is not None and hi is not None else ""
+        said[-1] += f" (r = {r:+.2f}{ci}"
+        said[-1] += f"; partial on step {partial['r']:+.2f})" if partial.get("r") is not None else ")"
+    if within.get("em_diff") is not None:
+        said.append(f"within a checkpoint reflective rollouts score {100 * within['em_diff']:+.1f} EM points "
+                    f"against the others (p = {within['p']:.3g})" if within.get("p") is not None else
+                    f"within a checkpoint reflective rollouts score {100 * within['em_diff']:+.1f} EM points")
+    ws = _get(config, "training.warm_start", {}) or {}
+    scope = ("a run of a small policy on a generated world, whose checks were planted by the warm start "
+             f"(verify rate {ws.get('verify_rate', 0):.2f}), cannot say whether reflection emerges from RL at the "
+             "seed's scale, only whether the relation holds up under the controls the seed did not apply"
+             if ws.get("enabled") and ws.get("verify_rate") else
+             "a correlation over the checkpoints of one run shows co-movement, not that reflecting causes the "
+             "higher score")
+    return f"**On the seed's claim:** {'; '.join(said)}; {scope}."
+
+
 def _baselines(results: pd.DataFrame | None) -> str:
     if results is None:
         return "_results.parquet not found next to the results table; no baseline breakdown._"
@@ -385,7 +424,8 @@ def build_report(out_dir: Path, *, config: dict, stages: Mapping[str, StageSumma
     md: list[str] = [f"# {title}", "",
                      f"Generated {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}. Search-R1 (GRPO with a "
                      "search tool) reproduced as one Prefect flow, tracked in MLflow.", ""]
-    head = _headline(results, analysis) + ([gain] if gain else [])
+    claim = seed_claim(analysis, config) if analysis else None
+    head = _headline(results, analysis) + ([gain] if gain else []) + ([f"- {claim}"] if claim else [])
     if head:
         md += ["## Summary", ""] + head + [""]
     devs = deviations(config, stages)

@@ -14,7 +14,7 @@ from test_reflection_analysis import make_run  # noqa: I001  (same tests folder)
 from searchr1.config import PipelineConfig
 from searchr1.reflection.analysis import analyse
 from searchr1.reflection.config import ReflectionConfig
-from searchr1.report import build_report, deviations, warm_start_used
+from searchr1.report import build_report, deviations, seed_claim, warm_start_used
 from searchr1.summaries import (
     CorpusSummary,
     EvaluateSummary,
@@ -86,7 +86,9 @@ def _inputs(tmp_path):
 def test_report_has_every_section_and_embeds_figures(tmp_path):
     eval_dir, analysis_dir, metrics = _inputs(tmp_path)
     out = tmp_path / "report"
-    paths = build_report(out, config=_tiny_config(), stages=_stages(), results_md=eval_dir / "results.md",
+    cfg = _tiny_config()
+    cfg["training"]["warm_start"]["verify_rate"] = 0.5
+    paths = build_report(out, config=cfg, stages=_stages(), results_md=eval_dir / "results.md",
                          results_png=eval_dir / "results.png", analysis_dir=analysis_dir, train_metrics=metrics,
                          mlflow_links={"pipeline run": "http://127.0.0.1:5000/#/experiments/1/runs/abc"})
     md = paths["md"].read_text()
@@ -100,6 +102,9 @@ def test_report_has_every_section_and_embeds_figures(tmp_path):
     assert "| nq | 0.10 | 39.7 | 40.6 |" in md          # the results table as produced by evaluation
     verdict = json.loads((analysis_dir / "analysis.json").read_text())["statistics"]["across_checkpoints"]["verdict"]
     assert verdict.startswith("strong positive relation") and verdict in md  # the analysis verdict
+    claim = re.search(r"\*\*On the seed's claim:\*\* (.*)", md).group(1)  # one sentence, from the same numbers
+    assert "ratio fell from 0.55 (base)" in claim and "them supports the claim (r = +" in claim
+    assert "planted by the warm start (verify rate 0.50)" in claim
     assert "http://127.0.0.1:5000/#/experiments/1/runs/abc" in md
     assert re.search(r"\| rag \| base \|", md)          # baselines from results.parquet
     for png in ("training_curves.png", "results.png", "reflection_ratio_vs_score.png"):
@@ -111,6 +116,23 @@ def test_report_has_every_section_and_embeds_figures(tmp_path):
     assert not re.search(r'src="[^"]+\.png"', page)  # every image inlined: the page stands alone
     first = re.search(r'src="data:image/png;base64,([^"]+)"', page).group(1)
     assert base64.b64decode(first)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_seed_claim_follows_the_statistics_not_a_fixed_text():
+    analysis = {"tables": {"checkpoints": [
+        {"checkpoint": "step-000002", "step": 2, "ratio": 0.3, "score": 0.4},
+        {"checkpoint": "base", "step": 0, "ratio": 0.0, "score": 0.1}]},
+        "statistics": {"across_checkpoints": {"conclusive": False, "pearson_r": None},
+                       "partial_step": {"r": None}, "within_checkpoint": {"em_diff": -0.05, "p": 0.5}}}
+    cfg = PipelineConfig().model_dump(mode="json")  # no warm start: the paper's setting
+    claim = seed_claim(analysis, cfg)
+    assert "rose from 0.00 (base) to 0.30 (step-000002) over 2 evaluated checkpoints" in claim
+    assert "neither supports nor contradicts the claim;" in claim and "-5.0 EM points" in claim
+    assert "co-movement" in claim and "warm start" not in claim
+    analysis["statistics"]["across_checkpoints"] = {"conclusive": True, "pearson_r": -0.9, "confidence": 0.95,
+                                                    "pearson_ci": [-0.99, -0.5]}
+    assert "contradicts the claim (r = -0.90, 95% CI [-0.99, -0.50])" in seed_claim(analysis, cfg)
+    assert seed_claim({"tables": {"checkpoints": []}, "statistics": {}}, cfg) is None
 
 
 def test_report_without_optional_inputs(tmp_path):
