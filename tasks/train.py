@@ -5,6 +5,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NONE
 
+from searchr1.agent.config import EVALUATION_ONLY_FIELDS, agent_paths
 from searchr1.stage_cache import StageOutput
 from searchr1.summaries import TrainSummary, WarmStartSummary
 from searchr1.tracking import CommittedMetrics
@@ -35,6 +36,6 @@ def train_task(ctx: PipelineContext, policy_path: Path | str, train_data: StageO
                                checkpoints=[str(path.relative_to(work)) for _, path in done])
 
     upstream = [train_data, index] + ([start] if start is not None else [])
-    return run_stage(ctx, "train", config_paths=["training", "agent", "policy", "run.seed"], upstream=upstream,
-                     build=build, resumable=True,
+    return run_stage(ctx, "train", upstream=upstream, build=build, resumable=True,
+                     config_paths=["training", *agent_paths(exclude=EVALUATION_ONLY_FIELDS), "policy", "run.seed"],
                      extra_key={"init": str(init), "retrieval": searcher_key(ctx.cfg, server=True)})

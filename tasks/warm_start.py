@@ -5,6 +5,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NONE
 
+from searchr1.agent.config import protocol_paths
 from searchr1.corpus.build import load_question_sets
 from searchr1.stage_cache import StageOutput
 from searchr1.summaries import WarmStartSummary
@@ -26,5 +27,6 @@ def warm_start_task(ctx: PipelineContext, policy_path: Path | str, questions: St
         return WarmStartSummary.of(summary, model="model")  # relative: `work` is renamed on publish
 
     return run_stage(ctx, "warm-start",
-                     config_paths=["training.warm_start", "policy", "agent", "run.seed"], upstream=[questions, index],
-                     build=build, extra_key={"policy_path": str(policy_path), "retrieval": searcher_key(ctx.cfg)})
+                     config_paths=["training.warm_start", "policy", *protocol_paths(), "run.seed"],
+                     upstream=[questions, index], build=build,
+                     extra_key={"policy_path": str(policy_path), "retrieval": searcher_key(ctx.cfg)})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from test_agent_fixtures import CharTokenizer, KeywordSearcher
 
-from searchr1.agent.config import AgentConfig
+from searchr1.agent.config import EVALUATION_ONLY_FIELDS, PROTOCOL_FIELDS, AgentConfig, agent_paths, protocol_paths
 from searchr1.agent.parsing import ParsedTurn
 from searchr1.agent.prompts import SEARCH_R1_INVALID, SEARCH_TOOL_SCHEMA
 from searchr1.agent.protocol import QUERY_SEPARATOR, AgentProtocol
@@ -19,6 +19,23 @@ def test_from_config_carries_every_budget():
     p = AgentProtocol.from_config(cfg)
     assert (p.style, p.topk, p.max_turns, p.max_new_tokens, p.max_response_tokens, p.max_obs_tokens,
             p.max_queries_per_call, p.max_query_chars) == ("search_r1", 2, 3, 7, 99, 11, 2, 5)
+
+
+def test_protocol_fields_are_all_the_protocol_reads():
+    """The warm start's cache key is `protocol_paths()`: a field the protocol reads but the key missed would
+    reuse a warm start trained on other rules; one the key holds but the protocol ignores would rebuild it."""
+    base = AgentConfig()
+    engine_only = AgentConfig(temperature=0.3, generator="vllm", batch_size=3, vllm={"cpu_kv_cache_gib": 1.0})
+    assert AgentProtocol.from_config(engine_only) == AgentProtocol.from_config(base)
+    changed = {"prompt_style": "search_r1", "topk": 5, "max_turns": 9, "max_new_tokens": 9, "max_response_tokens": 9,
+               "max_obs_tokens": 9, "max_queries_per_call": 9, "max_query_chars": 9}
+    assert set(changed) == set(PROTOCOL_FIELDS)
+    for name, value in changed.items():
+        assert AgentProtocol.from_config(AgentConfig(**{name: value})) != AgentProtocol.from_config(base), name
+    assert protocol_paths() == [f"agent.{f}" for f in PROTOCOL_FIELDS]
+    train_key = agent_paths(exclude=EVALUATION_ONLY_FIELDS)  # GRPO's rollouts use the rest (vllm, temperature)
+    assert "agent.batch_size" not in train_key and "agent.generator" not in train_key
+    assert {"agent.vllm", "agent.temperature", *protocol_paths()} <= set(train_key)
 
 
 def test_prompt_and_schema_per_style():

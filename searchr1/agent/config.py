@@ -50,3 +50,21 @@ class AgentConfig(Section):
     generator: Literal["transformers", "vllm"] = "transformers"
     vllm: VLLMConfig = VLLMConfig()
     batch_size: PositiveInt = 16
+
+
+# What the policy reads and writes (AgentProtocol.from_config reads exactly these): a stage that trains on
+# the protocol keys its cache on them, not on how evaluation runs its engine.
+PROTOCOL_FIELDS = ("prompt_style", "topk", "max_turns", "max_new_tokens", "max_response_tokens", "max_obs_tokens",
+                   "max_queries_per_call", "max_query_chars")
+# The engine and batch that score checkpoints: lowering `agent.batch_size` after an evaluation ran out of
+# memory must not rebuild the (hours of) training upstream of it.
+EVALUATION_ONLY_FIELDS = ("generator", "batch_size")
+
+
+def agent_paths(*, exclude: tuple[str, ...] = ()) -> list[str]:
+    """`agent.<field>` config paths for a stage's cache key, leaving out `exclude`."""
+    return [f"agent.{name}" for name in AgentConfig.model_fields if name not in exclude]
+
+
+def protocol_paths() -> list[str]:
+    return [f"agent.{name}" for name in PROTOCOL_FIELDS]

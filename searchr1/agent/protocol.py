@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from searchr1.agent.config import AgentConfig
+from searchr1.agent.config import PROTOCOL_FIELDS, AgentConfig
 from searchr1.agent.parsing import ParsedTurn, queries_from_arguments
 from searchr1.agent.parsing import parse_turn as _parse_turn
 from searchr1.agent.prompts import (
@@ -89,10 +89,8 @@ class AgentProtocol:
 
     @classmethod
     def from_config(cls, agent: AgentConfig) -> AgentProtocol:
-        return cls(style=agent.prompt_style, topk=agent.topk, max_turns=agent.max_turns,
-                   max_new_tokens=agent.max_new_tokens, max_response_tokens=agent.max_response_tokens,
-                   max_obs_tokens=agent.max_obs_tokens, max_queries_per_call=agent.max_queries_per_call,
-                   max_query_chars=agent.max_query_chars)
+        fields = {name: getattr(agent, name) for name in PROTOCOL_FIELDS}  # the warm start's cache key too
+        return cls(style=fields.pop("prompt_style"), **fields)
 
     # ------------------------------------------------------------ prompt
 
