@@ -276,8 +276,10 @@ def seed_claim(analysis: Mapping[str, Any], config: Mapping[str, Any]) -> str | 
     s = analysis.get("statistics", {})
     if cp.empty or "across_checkpoints" not in s:
         return None
-    cp = cp.sort_values("step")
-    first, last = cp.iloc[0], cp.iloc[-1]
+    cp = cp.sort_values("step", kind="stable")
+    # RL moves the ratio from where it started: the warm-started policy when there is one, not the base
+    rl_start = cp[(cp["step"] == 0) & (cp["checkpoint"] != "base")]
+    first, last = (rl_start.iloc[0] if not rl_start.empty else cp.iloc[0]), cp.iloc[-1]
     across = s["across_checkpoints"]
     r = across.get("pearson_r")
     if across.get("conclusive") and r is not None:

@@ -133,6 +133,8 @@ def test_seed_claim_follows_the_statistics_not_a_fixed_text():
                                                     "pearson_ci": [-0.99, -0.5]}
     assert "contradicts the claim (r = -0.90, 95% CI [-0.99, -0.50])" in seed_claim(analysis, cfg)
     assert seed_claim({"tables": {"checkpoints": []}, "statistics": {}}, cfg) is None
+    analysis["tables"]["checkpoints"].append({"checkpoint": "warm-start", "step": 0, "ratio": 0.9, "score": 0.3})
+    assert "fell from 0.90 (warm-start) to 0.30 (step-000002) over 3 evaluated checkpoints" in seed_claim(analysis, cfg)
 
 
 def test_report_without_optional_inputs(tmp_path):
