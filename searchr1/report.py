@@ -23,7 +23,7 @@ import yaml
 
 from searchr1 import intervals, markdown
 from searchr1.io import atomic_file, write_text_atomic
-from searchr1.schema import AGENT, flatten
+from searchr1.schema import AGENT, BASE_CHECKPOINT, flatten
 from searchr1.summaries import CorpusSummary, StageSummary, TrainSummary, WarmStartSummary
 from searchr1.training.verl_plugins.search_r1_reference import SEARCH_R1
 
@@ -278,7 +278,7 @@ def seed_claim(analysis: Mapping[str, Any], config: Mapping[str, Any]) -> str | 
         return None
     cp = cp.sort_values("step", kind="stable")
     # RL moves the ratio from where it started: the warm-started policy when there is one, not the base
-    rl_start = cp[(cp["step"] == 0) & (cp["checkpoint"] != "base")]
+    rl_start = cp[(cp["step"] == 0) & (cp["checkpoint"] != BASE_CHECKPOINT)]
     first, last = (rl_start.iloc[0] if not rl_start.empty else cp.iloc[0]), cp.iloc[-1]
     across = s["across_checkpoints"]
     r = across.get("pearson_r")
@@ -297,9 +297,8 @@ def seed_claim(analysis: Mapping[str, Any], config: Mapping[str, Any]) -> str | 
         said[-1] += f" (r = {r:+.2f}{ci}"
         said[-1] += f"; partial on step {partial['r']:+.2f})" if partial.get("r") is not None else ")"
     if within.get("em_diff") is not None:
-        said.append(f"within a checkpoint reflective rollouts score {100 * within['em_diff']:+.1f} EM points "
-                    f"against the others (p = {within['p']:.3g})" if within.get("p") is not None else
-                    f"within a checkpoint reflective rollouts score {100 * within['em_diff']:+.1f} EM points")
+        p = f" against the others (p = {within['p']:.3g})" if within.get("p") is not None else ""
+        said.append(f"within a checkpoint reflective rollouts score {100 * within['em_diff']:+.1f} EM points{p}")
     ws = _get(config, "training.warm_start", {}) or {}
     scope = ("a run of a small policy on a generated world, whose checks were planted by the warm start "
              f"(verify rate {ws.get('verify_rate', 0):.2f}), cannot say whether reflection emerges from RL at the "

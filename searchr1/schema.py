@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict
 # The names result rows carry: the search agent's method, and the macro-average "benchmark" of result
 # tables. Here, not in searchr1.agent, so that tracking and reports need not import the agent package.
 AGENT = "search_agent"
+BASE_CHECKPOINT = "base"  # the untrained policy's checkpoint name (step 0)
 AVERAGE = "average"
 
 

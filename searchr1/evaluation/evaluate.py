@@ -24,7 +24,7 @@ from searchr1.agent.rollout import run_agent, run_baseline, summarize_rows
 from searchr1.agent.trace import ROLLOUT_SCHEMA, Question, write_rollouts
 from searchr1.io import atomic_file
 from searchr1.retrieval.base import Searcher
-from searchr1.schema import AGENT, AVERAGE
+from searchr1.schema import AGENT, AVERAGE, BASE_CHECKPOINT
 from searchr1.tracking import MetricsLogger, null_logger
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ METRICS = ("em", "f1", "contains", "mean_turns", "search_calls", "invalid_call_r
 
 
 def checkpoint_name(step: int) -> str:
-    return "base" if step == 0 else f"step-{step:06d}"
+    return BASE_CHECKPOINT if step == 0 else f"step-{step:06d}"
 
 
 def rollout_path(out_dir: Path, checkpoint: str, method: str, benchmark: str) -> Path:
