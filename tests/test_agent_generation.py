@@ -31,7 +31,7 @@ def test_kv_cache_reuse_gives_the_same_rollouts(policy):
     batched re-encoded == one at a time, over several turns with tool text of different lengths between
     them (Search-R1 style: a turn without action gets a hint)."""
     model, tok = policy
-    cfg = AgentConfig(prompt_style="search_r1", max_turns=3, max_new_tokens=12, batch_size=4)
+    cfg = AgentConfig(prompt_style="search_r1", max_turns=3, max_new_tokens=8, batch_size=4)
     questions = QUESTIONS[:4]
     runs = {}
     for name, reuse, share, batch in (("cached", True, True, 4), ("unshared", True, False, 4),

@@ -22,8 +22,9 @@ SMALL = ["corpus.synthetic.n_people=40", "corpus.synthetic.n_places=10", "corpus
 WAITING = "another run is building"
 
 
-def _start(artifacts: Path, run_id: str, env: dict, log: Path, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "flows.reproduce", "--config", "configs/tiny.yaml", "--until", "train-data",
+def _start(artifacts: Path, run_id: str, env: dict, log: Path, *extra: str, until: str = "train-data"
+           ) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "flows.reproduce", "--config", "configs/tiny.yaml", "--until", until,
            "--run-id", run_id, *SMALL, f"run.artifacts_dir={artifacts}", *extra]
     return subprocess.Popen(cmd, cwd=PROJECT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
@@ -46,7 +47,7 @@ def test_two_runs_of_one_config_at_once_build_each_stage_once(prefect_server, tm
     logs.mkdir()
 
     # A run elsewhere tells us the corpus stage's key (keys do not depend on the artifacts folder).
-    probe = {"probe": _start(tmp_path / "probe", "probe", env, logs / "probe.log")}
+    probe = {"probe": _start(tmp_path / "probe", "probe", env, logs / "probe.log", until="corpus")}
     _finish(probe, logs)
     corpus_key = next(r["key"] for r in _ledger(tmp_path / "probe", "probe") if r["stage"] == "corpus")
 

@@ -11,7 +11,10 @@ from flows.fault_injection import redone_seconds, run_chain, stage_fingerprints
 
 
 @pytest.mark.slow
-def test_kills_in_data_stages_resume_to_the_reference_result(tmp_path):
+def test_kills_in_data_stages_resume_to_the_reference_result(prefect_server, tmp_path, monkeypatch):
+    # the attempts report to the session's Prefect server: each would otherwise start (and lose, when killed)
+    # a temporary one, ~20 s apiece; the stages, locks and ledger under test are the same either way
+    monkeypatch.setenv("PREFECT_API_URL", prefect_server)
     points = ["corpus.after_shard", "questions.before_publish", "index.before_publish"]
     s = run_chain(tmp_path, points, until="train-data")
     assert [k["fired"] for k in s["kills"]] == [True, True, True]

@@ -132,9 +132,9 @@ def test_train_kill_resume_continues_the_step_series(policy, tmp_path):
     def log(metrics, step):
         series.append((step, dict(metrics)))
 
-    first = train_grpo(policy, tmp_path / "data", searcher, _cfg(2, tmp_path), work, log)
-    assert first["steps"] == 2 and first["resumed_from_step"] == 0
-    assert [s for s, _ in list_checkpoints(work)] == [1, 2]
+    first = train_grpo(policy, tmp_path / "data", searcher, _cfg(1, tmp_path), work, log)
+    assert first["steps"] == 1 and first["resumed_from_step"] == 0
+    assert [s for s, _ in list_checkpoints(work)] == [1]
     for key in ("reward/mean", "reward/std", "em", "kl", "search/calls_per_rollout",
                 "search/invalid_calls_per_rollout", "reflection/ratio", "perf/tokens_per_s",
                 "perf/seconds_per_step", "response/length_mean"):
@@ -142,22 +142,22 @@ def test_train_kill_resume_continues_the_step_series(policy, tmp_path):
     ck = list_checkpoints(work)[-1][1]
     for name in ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "tokenizer_config.json"):
         assert (ck / name).is_file(), name
-    # a kill while writing checkpoint 3 leaves only a staging folder: it must never be picked
-    shutil.copytree(ck, work / STAGING_DIR / "checkpoint-3")
-    (work / STAGING_DIR / "checkpoint-3" / "model.safetensors").write_bytes(b"half")
-    assert [s for s, _ in list_checkpoints(work)] == [1, 2]
+    # a kill while writing checkpoint 2 leaves only a staging folder: it must never be picked
+    shutil.copytree(ck, work / STAGING_DIR / "checkpoint-2")
+    (work / STAGING_DIR / "checkpoint-2" / "model.safetensors").write_bytes(b"half")
+    assert [s for s, _ in list_checkpoints(work)] == [1]
 
-    second = train_grpo(policy, tmp_path / "data", searcher, _cfg(3, tmp_path), work, log)
-    assert second["resumed_from_step"] == 2 and second["steps"] == 3
-    assert [s for s, _ in series] == [1, 2, 3]  # one continuous series, no step repeated
-    assert [s for s, _ in list_checkpoints(work)] == [1, 2, 3]
+    second = train_grpo(policy, tmp_path / "data", searcher, _cfg(2, tmp_path), work, log)
+    assert second["resumed_from_step"] == 1 and second["steps"] == 2
+    assert [s for s, _ in series] == [1, 2]  # one continuous series, no step repeated
+    assert [s for s, _ in list_checkpoints(work)] == [1, 2]
     state = json.loads((list_checkpoints(work)[-1][1] / "trainer_state.json").read_text())
-    assert state["global_step"] == 3
-    rows = pq.read_table(work / ROLLOUTS_DIR / "step-000003.parquet").to_pylist()
-    assert len(rows) == 4 and {r["step"] for r in rows} == {3}
+    assert state["global_step"] == 2
+    rows = pq.read_table(work / ROLLOUTS_DIR / "step-000002.parquet").to_pylist()
+    assert len(rows) == 4 and {r["step"] for r in rows} == {2}
     assert {r["checkpoint"] for r in rows} == {"train"} and {r["benchmark"] for r in rows} == {"single_hop"}
     assert all(r["method"] == "search_agent" for r in rows)
     # killed after the last checkpoint (before the stage published): the resume trains no extra step
-    third = train_grpo(policy, tmp_path / "data", searcher, _cfg(3, tmp_path), work, log)
-    assert third["steps"] == 3 and third["resumed_from_step"] == 3 and third["history"] == []
-    assert [s for s, _ in list_checkpoints(work)] == [1, 2, 3]
+    third = train_grpo(policy, tmp_path / "data", searcher, _cfg(2, tmp_path), work, log)
+    assert third["steps"] == 2 and third["resumed_from_step"] == 2 and third["history"] == []
+    assert [s for s, _ in list_checkpoints(work)] == [1, 2]

@@ -95,7 +95,7 @@ def test_vllm_rollouts_equal_the_transformers_rollouts(policy_path, vllm_generat
     from searchr1.agent.rollout import run_agent
     from searchr1.models import load_policy
 
-    questions = QUESTIONS[:12]
+    questions = QUESTIONS[:8]
     model, tok = load_policy(policy_path, PolicyConfig(dtype="float32"))
     model.eval()
     ref = run_agent(questions, generators.TransformersGenerator(model, tok), KeywordSearcher(), COMPARE_CFG,
@@ -120,17 +120,18 @@ def test_seeded_sampling_repeats_its_draws_and_another_seed_draws_others(vllm_ge
     from searchr1.agent.rollout import run_agent
 
     gen = vllm_generator
+    cfg = COMPARE_CFG.model_copy(update={"max_turns": 2, "max_new_tokens": 16})  # two turns show the per-turn seed
     try:
         gen.greedy, gen.temperature = False, 1.0
 
         def sample(seed: int, questions) -> list[str]:
             gen.seed = seed
-            return [r.response for r in run_agent(questions, gen, KeywordSearcher(), COMPARE_CFG, progress=False)]
+            return [r.response for r in run_agent(questions, gen, KeywordSearcher(), cfg, progress=False)]
 
-        first = sample(7, QUESTIONS[:4])
-        assert sample(7, QUESTIONS[:4]) == first
-        assert sample(7, QUESTIONS[:6])[:4] == first  # two more rows in the batch change nothing above them
-        assert sample(8, QUESTIONS[:4]) != first
+        first = sample(7, QUESTIONS[:3])
+        assert sample(7, QUESTIONS[:3]) == first
+        assert sample(7, QUESTIONS[:5])[:3] == first  # two more rows in the batch change nothing above them
+        assert sample(8, QUESTIONS[:3]) != first
     finally:
         gen.greedy, gen.seed = True, None
 
