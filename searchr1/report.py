@@ -264,6 +264,8 @@ def _headline(results: pd.DataFrame | None, analysis: Mapping[str, Any] | None) 
         s = analysis.get("statistics", {})
         if "across_checkpoints" in s:
             lines.append(f"- **Reflective phrases vs. score:** {s['across_checkpoints']['verdict']}.")
+        if "across_rl_checkpoints" in s:
+            lines.append(f"- **Along the RL trajectory (base left out):** {s['across_rl_checkpoints']['verdict']}.")
         if "within_checkpoint" in s:
             lines.append(f"- **Within a checkpoint:** {s['within_checkpoint']['verdict']}.")
     return lines
@@ -280,17 +282,21 @@ def seed_claim(analysis: Mapping[str, Any], config: Mapping[str, Any]) -> str | 
     # RL moves the ratio from where it started: the warm-started policy when there is one, not the base
     rl_start = cp[(cp["step"] == 0) & (cp["checkpoint"] != BASE_CHECKPOINT)]
     first, last = (rl_start.iloc[0] if not rl_start.empty else cp.iloc[0]), cp.iloc[-1]
-    across = s["across_checkpoints"]
+    # the seed's claim is about training: judge it on the RL trajectory where the analysis has one
+    rl_key = "across_rl_checkpoints" if "across_rl_checkpoints" in s else "across_checkpoints"
+    across = s[rl_key]
+    n_points = across.get("n", len(cp))
     r = across.get("pearson_r")
     if across.get("conclusive") and r is not None:
         stance = "supports" if r > 0 else "contradicts"
     else:
         stance = "neither supports nor contradicts"
-    partial, within = s.get("partial_step", {}), s.get("within_checkpoint", {})
+    partial = s.get(f"{rl_key}_partial" if rl_key == "across_rl_checkpoints" else "partial_step", {})
+    within = s.get("within_checkpoint", {})
     moved = "rose" if last["ratio"] > first["ratio"] else "fell" if last["ratio"] < first["ratio"] else "stayed"
     said = [f"the reflective ratio {moved} from {first['ratio']:.2f} ({first['checkpoint']}) to {last['ratio']:.2f} "
-            f"({last['checkpoint']}) over {len(cp)} evaluated checkpoints, and the relation between ratio and score "
-            f"across them {stance} the claim"]
+            f"({last['checkpoint']}) over {n_points} evaluated checkpoints of the RL trajectory, and the relation "
+            f"between ratio and score across them {stance} the claim"]
     if r is not None:
         lo, hi = across.get("pearson_ci", [None, None])
         ci = f", {across['confidence']:.0%} CI [{lo:+.2f}, {hi:+.2f}]" if lo is not None and hi is not None else ""

@@ -172,3 +172,22 @@ def test_pooled_em_difference_matches_a_hand_computed_table():
     assert pooled["em_diff"] == pytest.approx(0.5)
     assert pooled["odds_ratio"] == pytest.approx((8 * 7) / (2 * 3))
     assert 0.01 < pooled["p"] < 0.1  # continuity-corrected CMH on a 20-rollout table
+
+
+def test_the_rl_trajectory_leaves_out_the_base_only_after_a_warm_start():
+    """The base (never answers in the tiny world: EM 0, ratio 0) is a point of format failure beside the
+    warm-started policy RL starts from; the trajectory statistic drops it there, and only there."""
+    cp = pd.DataFrame({"checkpoint": ["base", "warm-start", "step-000001", "step-000002", "step-000003"],
+                       "step": [0, 0, 1, 2, 3], "ratio": [0.0, 0.9, 0.6, 0.3, 0.1],
+                       "score": [0.0, 0.30, 0.34, 0.38, 0.41], "phrases_per_1k": [0.0, 9, 6, 3, 1]})
+    assert list(stats.rl_trajectory(cp)["checkpoint"]) == ["warm-start", "step-000001", "step-000002", "step-000003"]
+    assert len(stats.rl_trajectory(cp[cp["checkpoint"] != "warm-start"])) == 4  # no warm start: base stays
+    empty = stats.em_by_reflection(pd.DataFrame(columns=["checkpoint", "benchmark", "reflective", "em"]))
+    s = stats.relations(cp, pd.DataFrame(columns=["benchmark", "ratio", "score"]), empty, None,
+                        bootstrap_samples=200, min_n=3)
+    assert s["across_checkpoints"]["n"] == 5 and s["across_rl_checkpoints"]["n"] == 4
+    assert s["across_rl_checkpoints"]["pearson_r"] < -0.9 < s["across_checkpoints"]["pearson_r"]
+    assert "RL checkpoints" in s["across_rl_checkpoints"]["verdict"]
+    no_warm = stats.relations(cp[cp["checkpoint"] != "warm-start"], pd.DataFrame(columns=["benchmark", "ratio",
+                              "score"]), empty, None, bootstrap_samples=200, min_n=3)
+    assert "across_rl_checkpoints" not in no_warm  # the same points as across_checkpoints: not repeated

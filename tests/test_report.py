@@ -126,7 +126,7 @@ def test_seed_claim_follows_the_statistics_not_a_fixed_text():
                        "partial_step": {"r": None}, "within_checkpoint": {"em_diff": -0.05, "p": 0.5}}}
     cfg = PipelineConfig().model_dump(mode="json")  # no warm start: the paper's setting
     claim = seed_claim(analysis, cfg)
-    assert "rose from 0.00 (base) to 0.30 (step-000002) over 2 evaluated checkpoints" in claim
+    assert "rose from 0.00 (base) to 0.30 (step-000002) over 2 evaluated checkpoints of the RL trajectory" in claim
     assert "neither supports nor contradicts the claim;" in claim and "-5.0 EM points" in claim
     assert "co-movement" in claim and "warm start" not in claim
     analysis["statistics"]["across_checkpoints"] = {"conclusive": True, "pearson_r": -0.9, "confidence": 0.95,
@@ -134,7 +134,12 @@ def test_seed_claim_follows_the_statistics_not_a_fixed_text():
     assert "contradicts the claim (r = -0.90, 95% CI [-0.99, -0.50])" in seed_claim(analysis, cfg)
     assert seed_claim({"tables": {"checkpoints": []}, "statistics": {}}, cfg) is None
     analysis["tables"]["checkpoints"].append({"checkpoint": "warm-start", "step": 0, "ratio": 0.9, "score": 0.3})
-    assert "fell from 0.90 (warm-start) to 0.30 (step-000002) over 3 evaluated checkpoints" in seed_claim(analysis, cfg)
+    assert "fell from 0.90 (warm-start) to 0.30 (step-000002) over 3 evaluated" in seed_claim(analysis, cfg)
+    # with a warm start the analysis judges the RL trajectory (base left out): the sentence takes that relation
+    analysis["statistics"]["across_rl_checkpoints"] = {"n": 2, "conclusive": False, "pearson_r": None}
+    analysis["statistics"]["across_rl_checkpoints_partial"] = {"r": None}
+    claim = seed_claim(analysis, cfg)
+    assert "over 2 evaluated checkpoints of the RL trajectory" in claim and "neither supports" in claim
 
 
 def test_report_without_optional_inputs(tmp_path):

@@ -133,6 +133,9 @@ def _summary(result: dict) -> dict:
         "verdict": a["verdict"], "partial_verdict": p["verdict"], "within_verdict": w["verdict"],
         "lexicon_digest": result["lexicon"]["digest"], "figures": result["figures"],
     }
+    if "across_rl_checkpoints" in s:
+        out["rl_pearson_r"] = s["across_rl_checkpoints"].get("pearson_r")
+        out["rl_verdict"] = s["across_rl_checkpoints"]["verdict"]
     if "across_training_steps" in s:
         out["train_pearson_r"] = s["across_training_steps"].get("pearson_r")
         out["train_verdict"] = s["across_training_steps"]["verdict"]

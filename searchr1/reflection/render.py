@@ -99,6 +99,10 @@ def analysis_markdown(result: dict) -> str:
              f"- **Across checkpoints (ratio vs. average score):** {s['across_checkpoints']['verdict']}",
              f"- **Controlling for training step:** {s['partial_step']['verdict']}",
              f"- **Within checkpoints (same model, same questions):** {s['within_checkpoint']['verdict']}"]
+    if s.get("across_rl_checkpoints"):
+        lines.append(f"- **Along the RL trajectory (warm start on, base left out):** "
+                     f"{s['across_rl_checkpoints']['verdict']}; controlling for step: "
+                     f"{s['across_rl_checkpoints_partial']['verdict']}")
     if s.get("across_training_steps"):
         lines.append(f"- **Across training steps (sampled rollouts, ratio vs. EM):** "
                      f"{s['across_training_steps']['verdict']}")
@@ -106,6 +110,8 @@ def analysis_markdown(result: dict) -> str:
               "resamples):", ""]
     corr_rows = [_corr_row("ratio vs. average score (checkpoints)", s["across_checkpoints"]),
                  _corr_row("phrases/1k tokens vs. average score", s["per_1k_vs_score"])]
+    if s.get("across_rl_checkpoints"):
+        corr_rows.append(_corr_row("ratio vs. average score (RL trajectory)", s["across_rl_checkpoints"]))
     if s.get("seed_phrases_only"):
         corr_rows.append(_corr_row("seed phrases only: ratio vs. score", s["seed_phrases_only"]))
     if s.get("across_training_steps"):

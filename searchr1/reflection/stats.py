@@ -2,7 +2,9 @@
 
 Three questions, each answered with its own n:
 1. Across checkpoints, does the reflective ratio correlate with the average score?
-   Pearson and Spearman, p-values, percentile-bootstrap confidence intervals over checkpoints.
+   Pearson and Spearman, p-values, percentile-bootstrap confidence intervals over checkpoints; and the
+   same over the RL trajectory alone (from the warm-started policy on, when there is one: the seed's
+   "during training").
 2. Is that just training progress? Partial correlation of ratio and score controlling for step.
 3. Within one checkpoint and benchmark (same model, same questions), do reflective rollouts score
    better than the others? Per-stratum counts and Fisher tests, pooled with Mantel–Haenszel.
@@ -17,6 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy import stats
+
+from searchr1.schema import BASE_CHECKPOINT
 
 MIN_N = 5  # fewer points than this: numbers are shown, no conclusion is drawn
 
@@ -221,6 +225,19 @@ def pooled_em_difference(table: pd.DataFrame, *, confidence: float = 0.95) -> di
     return out
 
 
+def rl_trajectory(checkpoints: pd.DataFrame) -> pd.DataFrame:
+    """The checkpoints RL moved through: from the RL starting point to the last, in step order.
+
+    Where a warm start precedes RL, the base is not on that path (both sit at step 0; the warm-started policy
+    is what RL starts from), and in the tiny world a base that never writes an answer would be a point of
+    format failure, not of reflection. Without a warm start the base is the starting point and stays.
+    """
+    is_base = checkpoints["checkpoint"] == BASE_CHECKPOINT
+    warm_started = bool(((checkpoints["step"] == 0) & ~is_base).any())
+    rl = checkpoints[~is_base] if warm_started else checkpoints
+    return rl.sort_values("step", kind="stable").reset_index(drop=True)
+
+
 def relations(checkpoints: pd.DataFrame, per_benchmark: pd.DataFrame, within: pd.DataFrame,
               train_steps: pd.DataFrame | None, *, bootstrap_samples: int = 2000, confidence: float = 0.95,
               min_n: int = MIN_N) -> dict[str, Any]:
@@ -237,6 +254,11 @@ def relations(checkpoints: pd.DataFrame, per_benchmark: pd.DataFrame, within: pd
         "partial_step": partial_correlation(checkpoints["ratio"], checkpoints["score"], checkpoints["step"],
                                             confidence=confidence, min_n=min_n),
     }
+    rl = rl_trajectory(checkpoints)
+    if len(rl) < len(checkpoints):
+        s["across_rl_checkpoints"] = correlate(rl["ratio"], rl["score"], unit="RL checkpoints", **boot)
+        s["across_rl_checkpoints_partial"] = partial_correlation(
+            rl["ratio"], rl["score"], rl["step"], confidence=confidence, min_n=min_n, unit="RL checkpoints")
     if "ratio_seed" in checkpoints:
         s["seed_phrases_only"] = correlate(checkpoints["ratio_seed"], checkpoints["score"], **boot)
     s["per_benchmark"] = {
