@@ -23,7 +23,8 @@ import yaml
 
 from searchr1 import intervals, markdown
 from searchr1.io import atomic_file, write_text_atomic
-from searchr1.schema import AGENT, BASE_CHECKPOINT, flatten
+from searchr1.reflection.stats import rl_trajectory
+from searchr1.schema import AGENT, flatten
 from searchr1.summaries import CorpusSummary, StageSummary, TrainSummary, WarmStartSummary
 from searchr1.training.verl_plugins.search_r1_reference import SEARCH_R1
 
@@ -278,14 +279,15 @@ def seed_claim(analysis: Mapping[str, Any], config: Mapping[str, Any]) -> str | 
     s = analysis.get("statistics", {})
     if cp.empty or "across_checkpoints" not in s:
         return None
-    cp = cp.sort_values("step", kind="stable")
-    # RL moves the ratio from where it started: the warm-started policy when there is one, not the base
-    rl_start = cp[(cp["step"] == 0) & (cp["checkpoint"] != BASE_CHECKPOINT)]
-    first, last = (rl_start.iloc[0] if not rl_start.empty else cp.iloc[0]), cp.iloc[-1]
-    # the seed's claim is about training: judge it on the RL trajectory where the analysis has one
+    # the seed's claim is about training: RL moves the ratio from where it started (the warm-started policy
+    # when there is one, not the base), and the relation is judged on that trajectory where the analysis has it
+    trajectory = rl_trajectory(cp)
+    first, last = trajectory.iloc[0], trajectory.iloc[-1]
     rl_key = "across_rl_checkpoints" if "across_rl_checkpoints" in s else "across_checkpoints"
     across = s[rl_key]
-    n_points = across.get("n", len(cp))
+    on_trajectory = rl_key == "across_rl_checkpoints" or len(trajectory) == len(cp)
+    n_points = across.get("n", len(trajectory) if on_trajectory else len(cp))
+    over = "evaluated checkpoints of the RL trajectory" if on_trajectory else "evaluated checkpoints"
     r = across.get("pearson_r")
     if across.get("conclusive") and r is not None:
         stance = "supports" if r > 0 else "contradicts"
@@ -295,8 +297,8 @@ def seed_claim(analysis: Mapping[str, Any], config: Mapping[str, Any]) -> str | 
     within = s.get("within_checkpoint", {})
     moved = "rose" if last["ratio"] > first["ratio"] else "fell" if last["ratio"] < first["ratio"] else "stayed"
     said = [f"the reflective ratio {moved} from {first['ratio']:.2f} ({first['checkpoint']}) to {last['ratio']:.2f} "
-            f"({last['checkpoint']}) over {n_points} evaluated checkpoints of the RL trajectory, and the relation "
-            f"between ratio and score across them {stance} the claim"]
+            f"({last['checkpoint']}) over {n_points} {over}, and the relation between ratio and score across them "
+            f"{stance} the claim"]
     if r is not None:
         lo, hi = across.get("pearson_ci", [None, None])
         ci = f", {across['confidence']:.0%} CI [{lo:+.2f}, {hi:+.2f}]" if lo is not None and hi is not None else ""
