@@ -283,21 +283,22 @@ def seed_claim(analysis: Mapping[str, Any], config: Mapping[str, Any]) -> str | 
     # when there is one, not the base), and the relation is judged on that trajectory where the analysis has it
     trajectory = rl_trajectory(cp)
     first, last = trajectory.iloc[0], trajectory.iloc[-1]
-    rl_key = "across_rl_checkpoints" if "across_rl_checkpoints" in s else "across_checkpoints"
-    across = s[rl_key]
-    on_trajectory = rl_key == "across_rl_checkpoints" or len(trajectory) == len(cp)
-    n_points = across.get("n", len(trajectory) if on_trajectory else len(cp))
-    over = "evaluated checkpoints of the RL trajectory" if on_trajectory else "evaluated checkpoints"
+    # an analysis.json from before the trajectory relation existed judges all its checkpoints
+    on_rl = "across_rl_checkpoints" in s
+    across = s["across_rl_checkpoints" if on_rl else "across_checkpoints"]
+    partial = s.get("across_rl_checkpoints_partial" if on_rl else "partial_step", {})
+    points = trajectory if on_rl or len(trajectory) == len(cp) else cp
+    over = f"{across.get('n', len(points))} evaluated checkpoints"
+    over += " of the RL trajectory" if points is trajectory else ""
     r = across.get("pearson_r")
     if across.get("conclusive") and r is not None:
         stance = "supports" if r > 0 else "contradicts"
     else:
         stance = "neither supports nor contradicts"
-    partial = s.get(f"{rl_key}_partial" if rl_key == "across_rl_checkpoints" else "partial_step", {})
     within = s.get("within_checkpoint", {})
     moved = "rose" if last["ratio"] > first["ratio"] else "fell" if last["ratio"] < first["ratio"] else "stayed"
     said = [f"the reflective ratio {moved} from {first['ratio']:.2f} ({first['checkpoint']}) to {last['ratio']:.2f} "
-            f"({last['checkpoint']}) over {n_points} {over}, and the relation between ratio and score across them "
+            f"({last['checkpoint']}) over {over}, and the relation between ratio and score across them "
             f"{stance} the claim"]
     if r is not None:
         lo, hi = across.get("pearson_ci", [None, None])
