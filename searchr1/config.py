@@ -22,6 +22,11 @@ class ConfigError(ValueError):
     """A config that cannot be used; the message names the file, the key path and the expectation."""
 
 
+# Settings that change how fast a stage runs, never what it writes: dropped from every cache key, so switching
+# one (after a crash, on another machine) keeps hours of finished stages.
+NOT_IN_CACHE_KEYS = ("agent.vllm.in_process",)
+
+
 class RunConfig(Section):
     name: str = "tiny"
     seed: int = 0
@@ -42,8 +47,14 @@ class PipelineConfig(Section):
     notes: str = Field("", description="free text, logged with the run")
 
     def slice(self, *paths: str) -> dict[str, Any]:
-        """The parts of the config a stage depends on, as plain JSON data (for cache keys)."""
+        """The parts of the config a stage depends on, as plain JSON data (for cache keys), less NOT_IN_CACHE_KEYS."""
         data = self.model_dump(mode="json")
+        for dropped in NOT_IN_CACHE_KEYS:
+            *parents, leaf = dropped.split(".")
+            node = data
+            for part in parents:
+                node = node[part]
+            del node[leaf]
         out: dict[str, Any] = {}
         for path in paths:
             node: Any = data

