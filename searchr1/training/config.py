@@ -13,10 +13,24 @@ class WarmStartConfig(Section):
     epochs: PositiveInt = 1
     learning_rate: PositiveFloat = 5e-5
     batch_size: PositiveInt = 8
-    gradient_checkpointing: bool = True  # same trade as GRPOConfig's: a third of the memory, same speed
+    # Every trace opens with the same ~300 tokens (system prompt, tool schema): computed once per batch, their
+    # keys and values shared by the rows, gradients included (benchmarks/bench_warm_start.py). Same loss up to
+    # float summation order. Needs gradient_checkpointing off: HF drops a cache passed to a checkpointed layer.
+    shared_prefix: bool = True
+    # Recomputes each layer's activations in the backward pass: ~1/4 more compute for less memory, which a
+    # 135M policy at batch 8 does not need (a few GB without it)
+    gradient_checkpointing: bool = False
     # Share of traces that check one hop with a second search and say so in a reflective phrase ("Wait, let
     # me verify ..."): a behaviour GRPO can then raise or lower. The report states the rate used.
     verify_rate: float = Field(0.0, ge=0, le=1)
+
+
+    @model_validator(mode="after")
+    def _prefix_needs_full_activations(self) -> "WarmStartConfig":
+        if self.shared_prefix and self.gradient_checkpointing:
+            raise ValueError("training.warm_start.shared_prefix needs training.warm_start.gradient_checkpointing: "
+                             "false (HF's checkpointed layers drop the shared prefix's cache); set one of them false")
+        return self
 
 
 class GRPOConfig(Section):

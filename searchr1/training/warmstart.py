@@ -180,19 +180,77 @@ def check_probability(model, tokenizer, traces: Sequence[Sequence[Mapping[str, A
     return sum(probs) / len(probs) if probs else None
 
 
-def masked_lm_loss(model, input_ids, attention_mask, labels):
+def masked_lm_loss(model, input_ids, attention_mask, labels, *, shared_prefix: bool = False):
     """Next-token loss on the labelled positions only, projecting just those through the LM head.
 
     The 49k-word head over every prompt and tool token is what makes a full forward costly on CPU
-    (DESIGN.md: it dominates memory); the trained tokens are ~15% of a trace.
+    (DESIGN.md: it dominates memory); the trained tokens are ~15% of a trace. With `shared_prefix` the
+    rows' common first tokens go through the model once (see `last_hidden`).
     """
     import torch.nn.functional as F
 
-    hidden = model.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    hidden = last_hidden(model, input_ids, attention_mask, shared_prefix=shared_prefix)
     target = labels[:, 1:]
     keep = target != IGNORE
     logits = model.lm_head(hidden[:, :-1][keep])
     return F.cross_entropy(logits.float(), target[keep])
+
+
+MIN_SHARED_PREFIX = 16  # below this a separate prefix forward costs more than it saves
+
+
+def shared_prefix_len(input_ids, attention_mask) -> int:
+    """How many first tokens every row of a right-padded batch shares, each row keeping one token of its own."""
+    same = (input_ids == input_ids[:1]).all(0).long().cumprod(0).sum()
+    return max(0, min(int(same), int(attention_mask.sum(1).min()) - 1))
+
+
+def last_hidden(model, input_ids, attention_mask, *, shared_prefix: bool = False):
+    """The decoder's last hidden states of a right-padded batch.
+
+    With `shared_prefix`, the rows' common first tokens (a trace's system prompt and tool schema: ~300 of
+    ~800) are computed once, as a batch of one, and their keys and values repeated to every row, which then
+    computes only its own tokens; the gradient of every row flows back through the one prefix. Same function
+    of the weights as the plain forward (up to float summation order; tests/test_warmstart_prefix.py). HF's
+    gradient checkpointing drops a passed cache, so this needs it off (WarmStartConfig checks).
+    """
+    import torch
+
+    n = shared_prefix_len(input_ids, attention_mask) if shared_prefix else 0
+    if n < MIN_SHARED_PREFIX:
+        return model.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    rows = input_ids.shape[0]
+    prefix = model.model(input_ids=input_ids[:1, :n], use_cache=True)
+    cache = prefix.past_key_values
+    cache.batch_repeat_interleave(rows)  # differentiable: each row's gradient reaches the prefix's keys/values
+    rest = model.model(input_ids=input_ids[:, n:], attention_mask=attention_mask, past_key_values=cache,
+                       use_cache=True).last_hidden_state
+    return torch.cat([prefix.last_hidden_state.expand(rows, -1, -1), rest], 1)
+
+
+def length_batches(lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """One epoch's batches of example indices: neighbours in length (less padding), in random order."""
+    by_len = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches = [by_len[b: b + batch_size] for b in range(0, len(by_len), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def train_step(model, opt, batch: Sequence[tuple[list[int], list[int]]], pad_id: int, *,
+               shared_prefix: bool) -> tuple[float, int]:
+    """One optimiser step on (input_ids, labels) examples, right-padded: (loss, tokens in the batch)."""
+    import torch
+
+    width = max(len(ids) for ids, _ in batch)
+    input_ids = torch.tensor([ids + [pad_id] * (width - len(ids)) for ids, _ in batch])
+    labels = torch.tensor([lab + [IGNORE] * (width - len(lab)) for _, lab in batch])
+    attn = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in batch])
+    loss = masked_lm_loss(model, input_ids, attn, labels, shared_prefix=shared_prefix)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss.item(), int(attn.sum())
 
 
 def warm_start(policy_path: Path | str, questions: Mapping[str, Sequence[Question]], searcher: Searcher, cfg,
@@ -227,24 +285,12 @@ def warm_start(policy_path: Path | str, questions: Mapping[str, Sequence[Questio
     total = ws.epochs * ((len(examples) + ws.batch_size - 1) // ws.batch_size)
     bar = tqdm(total=total, desc="warm start")
     for _ in range(ws.epochs):
-        # batches of similar length (less padding), in random order
-        by_len = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))
-        batches = [by_len[b: b + ws.batch_size] for b in range(0, len(by_len), ws.batch_size)]
-        rng.shuffle(batches)
-        for idx in batches:
-            batch = [examples[i] for i in idx]
-            width = max(len(ids) for ids, _ in batch)
-            input_ids = torch.tensor([ids + [tok.pad_token_id] * (width - len(ids)) for ids, _ in batch])
-            labels = torch.tensor([lab + [IGNORE] * (width - len(lab)) for _, lab in batch])
-            attn = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in batch])
-            loss = masked_lm_loss(model, input_ids, attn, labels)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        for idx in length_batches([len(ids) for ids, _ in examples], ws.batch_size, rng):
+            loss, n = train_step(model, opt, [examples[i] for i in idx], tok.pad_token_id,
+                                 shared_prefix=ws.shared_prefix)
             step += 1
-            tokens += int(attn.sum())
-            losses.append(loss.item())
+            tokens += n
+            losses.append(loss)
             log_metrics({"warm-start/loss": losses[-1], "warm-start/tokens_per_s": tokens / (time.perf_counter() - t0)},
                         step)
             bar.update(1)
