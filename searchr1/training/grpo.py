@@ -191,6 +191,51 @@ def step_metrics(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
 # ---------------------------------------------------------------- trainer pieces
 
 
+# left-padded; every other 2-D tensor of the completions' width is per completion token
+PROMPT_KEYS = ("prompt_ids", "prompt_mask")
+
+
+def length_micro_batches(batch: Mapping[str, Any], n: int) -> list[dict[str, Any]]:
+    """One step's scored rollouts (TRL's generation batch) as `n` micro-batches of rows of neighbouring length,
+    each cut to its own widths: the longest prompt's left padding and the longest completion's right padding.
+
+    TRL splits the batch after a random shuffle, so each micro-batch is padded to the step's longest rollout
+    (rollouts here run from ~150 to ~1,100 tokens). The step's gradient is the sum over its micro-batches
+    whatever their order, and columns of padding only add masked positions, so this changes the cost, not the
+    update (up to float summation order; tests/test_training_grpo.py compares the two).
+    """
+    import torch
+
+    mask = batch["completion_mask"]
+    rows, width = mask.shape
+    if rows % n:
+        raise ValueError(f"length_micro_batches: {rows} rows do not split into {n} micro-batches")
+    ends = width - mask.flip(1).to(torch.int64).argmax(1)  # one past each row's last real completion token
+    ends[mask.sum(1) == 0] = 0
+    order = sorted(range(rows), key=lambda r: int(ends[r]))
+    size = rows // n
+    out = []
+    for k in range(n):
+        idx = order[k * size:(k + 1) * size]
+        rows_t = torch.tensor(idx, dtype=torch.long)
+        keep = int(ends[rows_t].max())
+        lead = int(batch["prompt_mask"][rows_t].any(0).to(torch.int64).argmax())  # first column with a real token
+        part: dict[str, Any] = {}
+        for key, v in batch.items():
+            if isinstance(v, list):
+                v = [v[i] for i in idx]
+            elif isinstance(v, torch.Tensor) and v.ndim > 0:
+                v = v[rows_t]
+                if key in PROMPT_KEYS:
+                    v = v[:, lead:]
+                elif v.ndim == 2 and v.shape[1] == width:
+                    v = v[:, :keep]
+            part[key] = v
+        out.append(part)
+    return out
+
+
+
 def _trainer_classes():
     """Imported lazily: TRL pulls in torch/transformers, which `list_checkpoints` users do not need."""
     from transformers import TrainerCallback
@@ -234,7 +279,17 @@ def _trainer_classes():
             self.history.append({"step": step, **metrics})
 
     class CheckpointingGRPOTrainer(GRPOTrainer):
-        """Publishes each Trainer checkpoint atomically as `checkpoints/step-XXXXXX/`."""
+        """Publishes each Trainer checkpoint atomically as `checkpoints/step-XXXXXX/`; trains a step's rollouts
+        in micro-batches of neighbouring length (`length_micro_batches`) instead of TRL's shuffled split."""
+
+        def _prepare_inputs(self, generation_batch):
+            if not self.model.training:
+                return super()._prepare_inputs(generation_batch)
+            per_step = self.args.steps_per_generation
+            if self._step % (per_step * self.num_iterations) == 0 or self._buffered_inputs is None:
+                scored = self._generate_and_score_completions(generation_batch)
+                self._buffered_inputs = length_micro_batches(scored, per_step)
+            return self._buffered_inputs[self._step % per_step]
 
         def _save_checkpoint(self, model, trial):
             super()._save_checkpoint(model, trial)  # -> <output_dir>/checkpoint-<step>, model + optimizer + RNG
@@ -261,9 +316,10 @@ def grpo_args(cfg, work_dir: Path, **overrides: Any):
     kwargs: dict[str, Any] = dict(
         output_dir=str(Path(work_dir) / STAGING_DIR),
         max_steps=g.steps,
-        per_device_train_batch_size=g.prompts_per_step * g.group_size,  # counted in completions
-        gradient_accumulation_steps=1,
-        steps_per_generation=1,
+        # counted in completions: one generation of the step's rollouts, trained in micro-batches, one update
+        per_device_train_batch_size=g.rollouts_per_step // g.micro_batches,
+        gradient_accumulation_steps=g.micro_batches,
+        steps_per_generation=g.micro_batches,
         num_generations=g.group_size,
         learning_rate=g.learning_rate,
         lr_scheduler_type="constant_with_warmup",  # Search-R1: constant lr after a warmup ratio
