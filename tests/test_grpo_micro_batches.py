@@ -50,3 +50,14 @@ def test_one_micro_batch_is_the_step_less_its_padding_and_a_bad_split_is_refused
     assert whole["completion_ids"].shape == (3, 7) and whole["prompt_ids"].shape == (3, 4)
     with pytest.raises(ValueError, match="3 rows do not split into 2"):
         length_micro_batches(_batch([4, 4, 4], [5, 7, 2]), 2)
+
+
+@pytest.mark.parametrize(("prompts", "group", "micro", "passes"),
+                         [(4, 4, 4, 4), (4, 4, None, 1), (1, 2, 4, 1), (4, 4, 3, 8), (3, 4, 5, 3), (4, 4, 64, 1)])
+def test_micro_batch_size_is_a_cap_on_rows_per_pass(prompts, group, micro, passes):
+    """A shrunk step (e.g. the fault-injection chain's 1 prompt x 2 rollouts) is not refused: its passes hold the
+    largest number of rows that divides the step and stays within micro_batch_size."""
+    from searchr1.training.config import GRPOConfig
+
+    g = GRPOConfig(prompts_per_step=prompts, group_size=group, micro_batch_size=micro)
+    assert g.micro_batches == passes
