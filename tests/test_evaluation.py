@@ -134,3 +134,20 @@ def test_results_table_with_paper_benchmarks(tmp_path: Path):
     assert "| average | 10 | 40.0 | 30.0 | 31.4 | 35.1 |" in md  # references averaged over the same benchmarks
     with pytest.raises(FileNotFoundError, match="evaluation stage"):
         results_table(tmp_path / "missing.parquet", tmp_path, reference=True)
+
+
+def test_a_failed_evaluation_still_closes_its_engine(tmp_path: Path, monkeypatch):
+    """An error inside a checkpoint's evaluation closes its generator before it propagates: an in-process vLLM
+    engine left open would refuse the engine of a retry in the same process."""
+    closed: list = []
+    gen = ScriptedGenerator(answer_first_title)
+
+    def boom(*a, **k):
+        raise RuntimeError("search backend down")
+
+    monkeypatch.setattr(ev, "make_generator", lambda *a, **k: gen)
+    monkeypatch.setattr(ev, "close_generator", closed.append)
+    monkeypatch.setattr(ev, "run_method", boom)
+    with pytest.raises(RuntimeError, match="search backend down"):
+        run(tmp_path, [], checkpoints=((0, "base-folder"),))
+    assert closed == [gen]

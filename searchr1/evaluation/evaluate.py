@@ -119,33 +119,36 @@ def evaluate_checkpoints(checkpoints: list[tuple[int, Path | str]], questions: M
     for name, step, path in models:
         generator: Generator | None = None
         at_step = methods if step == 0 or cfg.evaluation.baselines_at == "all" else [AGENT]
-        for method in at_step:
-            todo = {bench: qs for bench, qs in questions.items()
-                    if not rollout_path(out_dir, name, method, bench).is_file()}
-            skipped += len(questions) - len(todo)
-            if todo:
-                if generator is None:  # load the model only when something is left to do
-                    generator = make_generator(path, cfg.agent, cfg.policy, greedy=True)
-                # every suite left in one call: a batch of 256 rows keeps vLLM's continuous batching busy
-                # where four batches of 64 each wait for their slowest row (resume is still per file)
-                pooled = [q for qs in todo.values() for q in qs]
-                rollouts = run_method(method, pooled, generator, searcher, cfg, progress=progress,
-                                      desc=f"{name} {method} ({len(todo)} suites)")
-                lo = 0
-                for bench, qs in todo.items():
-                    part, lo = rollouts[lo:lo + len(qs)], lo + len(qs)
-                    write_rollouts([r.to_row(name, step, method, bench) for r in part],
-                                   rollout_path(out_dir, name, method, bench))
-                    computed += 1
-                    faults.point("evaluate.after_pair")
-            for bench in questions:
-                target = rollout_path(out_dir, name, method, bench)
-                tables[(name, step, method, bench)] = pq.read_table(target, schema=ROLLOUT_SCHEMA).to_pylist()
-        # vLLM's weights cannot be swapped in place on CPU (the reload leaves oneDNN's prepacked
-        # weights stale: other outputs than a fresh engine's), so each checkpoint gets its own engine
-        close_generator(generator)
-        del generator
-        gc.collect()
+        try:
+            for method in at_step:
+                todo = {bench: qs for bench, qs in questions.items()
+                        if not rollout_path(out_dir, name, method, bench).is_file()}
+                skipped += len(questions) - len(todo)
+                if todo:
+                    if generator is None:  # load the model only when something is left to do
+                        generator = make_generator(path, cfg.agent, cfg.policy, greedy=True)
+                    # every suite left in one call: a batch of 256 rows keeps vLLM's continuous batching busy
+                    # where four batches of 64 each wait for their slowest row (resume is still per file)
+                    pooled = [q for qs in todo.values() for q in qs]
+                    rollouts = run_method(method, pooled, generator, searcher, cfg, progress=progress,
+                                          desc=f"{name} {method} ({len(todo)} suites)")
+                    lo = 0
+                    for bench, qs in todo.items():
+                        part, lo = rollouts[lo:lo + len(qs)], lo + len(qs)
+                        write_rollouts([r.to_row(name, step, method, bench) for r in part],
+                                       rollout_path(out_dir, name, method, bench))
+                        computed += 1
+                        faults.point("evaluate.after_pair")
+                for bench in questions:
+                    target = rollout_path(out_dir, name, method, bench)
+                    tables[(name, step, method, bench)] = pq.read_table(target, schema=ROLLOUT_SCHEMA).to_pylist()
+        finally:
+            # vLLM's weights cannot be swapped in place on CPU (the reload leaves oneDNN's prepacked weights
+            # stale: other outputs than a fresh engine's), so each checkpoint gets its own engine; closed on an
+            # error too, so that a retry in this process can open the next in-process engine
+            close_generator(generator)
+            del generator
+            gc.collect()
     rows = results_rows(tables)
     for name, step, _ in models:  # MLflow series are per step: the init model's go under its own prefix
         prefix = "eval" if name == checkpoint_name(step) else f"eval-{name}"
