@@ -34,14 +34,14 @@ VARIANTS = {  # name: (gradient checkpointing, shared prefix)
 
 def main() -> None:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from searchr1.agent.prompts import tools_for
     from searchr1.config import load_config
     from searchr1.corpus.synthetic import build_questions, build_world, render_passages
     from searchr1.models import resolve_policy
     from searchr1.training.search_tool import WordOverlapSearcher
-    from searchr1.training.warmstart import build_traces, length_batches, tokenize_trace, train_step
+    from searchr1.training.warmstart import build_traces, length_batches, tokenize_trace, train_step, trainable_policy
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=5, help="steps per variant; the first is dropped")
@@ -72,11 +72,8 @@ def main() -> None:
     for name in args.variants.split(","):
         checkpointing, shared = VARIANTS[name]
         torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-        if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.train()
-        opt = torch.optim.AdamW(model.parameters(), lr=ws.learning_rate, weight_decay=0.0)
+        model, opt = trainable_policy(path, ws.model_copy(update={"gradient_checkpointing": checkpointing,
+                                                                  "shared_prefix": shared}))
         secs, losses, tokens = [], [], []
         for idx in batches:
             t0 = time.perf_counter()

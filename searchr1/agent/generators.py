@@ -253,7 +253,7 @@ class VLLMGenerator:
     starts its engine in spawned processes, so a script that builds one must be main-guarded.
     Imported lazily: vLLM is an optional install."""
 
-    _in_process_alive = 0  # 1 while an in-process engine is open in this process (see __init__)
+    _in_process_open = False  # an in-process engine is open in this process (see __init__)
 
     def __init__(self, model_path: str, *, greedy: bool = True, temperature: float = 1.0, top_p: float = 1.0,
                  dtype: str = "bfloat16", trust_remote_code: bool = False, enforce_eager: bool | None = None,
@@ -266,7 +266,7 @@ class VLLMGenerator:
         from vllm import LLM
         from vllm.platforms import current_platform
 
-        if VLLMGenerator._in_process_alive:
+        if VLLMGenerator._in_process_open:
             # vLLM keeps one distributed state per process; stopping any other engine tears it down under the
             # open one (measured: its next step fails on an uninitialised pipeline-parallel group)
             raise RuntimeError("an in-process vLLM engine is still open in this process: close it first "
@@ -299,7 +299,7 @@ class VLLMGenerator:
             self.llm = LLM(model=model_path, dtype=dtype, enable_prefix_caching=True,
                            trust_remote_code=trust_remote_code, max_model_len=max_model_len,
                            enforce_eager=self.on_cpu if enforce_eager is None else enforce_eager, **engine)
-        VLLMGenerator._in_process_alive += self.in_process
+        VLLMGenerator._in_process_open = self.in_process
         self.greedy, self.temperature, self.top_p = greedy, temperature, top_p
         # Sampling: with a seed, every (turn, row) of a batch draws from its own seeded stream, so a batch
         # samples the same tokens whatever else the engine runs; None leaves it to the engine's RNG.
@@ -368,8 +368,8 @@ class VLLMGenerator:
         with _CallerState():
             self.llm.llm_engine.engine_core.shutdown()
         self.llm = None
-        VLLMGenerator._in_process_alive -= self.in_process
         if self.in_process:
+            VLLMGenerator._in_process_open = False
             import gc
 
             gc.collect()  # the weights and the KV cache live in this process: free them before the next engine

@@ -24,7 +24,6 @@ class WarmStartConfig(Section):
     # me verify ..."): a behaviour GRPO can then raise or lower. The report states the rate used.
     verify_rate: float = Field(0.0, ge=0, le=1)
 
-
     @model_validator(mode="after")
     def _prefix_needs_full_activations(self) -> "WarmStartConfig":
         if self.shared_prefix and self.gradient_checkpointing:

@@ -235,7 +235,6 @@ def length_micro_batches(batch: Mapping[str, Any], n: int) -> list[dict[str, Any
     return out
 
 
-
 def _trainer_classes():
     """Imported lazily: TRL pulls in torch/transformers, which `list_checkpoints` users do not need."""
     from transformers import TrainerCallback

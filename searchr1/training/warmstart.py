@@ -23,6 +23,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from searchr1.agent.generators import common_prefix_len
 from searchr1.agent.prompts import build_messages, tools_for
 from searchr1.agent.protocol import AgentProtocol
 from searchr1.agent.trace import Question
@@ -200,9 +201,11 @@ MIN_SHARED_PREFIX = 16  # below this a separate prefix forward costs more than i
 
 
 def shared_prefix_len(input_ids, attention_mask) -> int:
-    """How many first tokens every row of a right-padded batch shares, each row keeping one token of its own."""
-    same = (input_ids == input_ids[:1]).all(0).long().cumprod(0).sum()
-    return max(0, min(int(same), int(attention_mask.sum(1).min()) - 1))
+    """How many first tokens every row of a right-padded batch shares, each row keeping one token of its own
+    (the rule of the generator's shared prefix, `common_prefix_len`, on the rows' real tokens)."""
+    lengths = attention_mask.sum(1).tolist()
+    rows = [ids[:n] for ids, n in zip(input_ids.tolist(), lengths, strict=True)]
+    return max(0, min(common_prefix_len(rows), min(lengths) - 1))
 
 
 def last_hidden(model, input_ids, attention_mask, *, shared_prefix: bool = False):
@@ -236,6 +239,19 @@ def length_batches(lengths: Sequence[int], batch_size: int, rng: random.Random) 
     return batches
 
 
+def trainable_policy(policy_path: Path | str, ws, trust_remote_code: bool = False):
+    """(model, optimiser) as the warm start trains them: fp32 weights, `ws.gradient_checkpointing`, AdamW at
+    `ws.learning_rate` without weight decay."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    if ws.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    return model, torch.optim.AdamW(model.parameters(), lr=ws.learning_rate, weight_decay=0.0)
+
+
 def train_step(model, opt, batch: Sequence[tuple[list[int], list[int]]], pad_id: int, *,
                shared_prefix: bool) -> tuple[float, int]:
     """One optimiser step on (input_ids, labels) examples, right-padded: (loss, tokens in the batch)."""
@@ -257,7 +273,7 @@ def warm_start(policy_path: Path | str, questions: Mapping[str, Sequence[Questio
                out_dir: Path, log_metrics: MetricsLogger = null_logger) -> dict[str, Any]:
     """Fine-tune on search traces; the HF folder goes to out_dir/model (written atomically)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     ws = cfg.training.warm_start
     torch.manual_seed(cfg.run.seed)
@@ -274,12 +290,7 @@ def warm_start(policy_path: Path | str, questions: Mapping[str, Sequence[Questio
             fh.write(json.dumps(t) + "\n")
     tools = tools_for("tool_call")
     examples = [tokenize_trace(tok, t, tools) for t in traces]
-    model = AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32,
-                                                 trust_remote_code=cfg.policy.trust_remote_code)
-    if ws.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=ws.learning_rate, weight_decay=0.0)
+    model, opt = trainable_policy(policy_path, ws, cfg.policy.trust_remote_code)
     rng = random.Random(cfg.run.seed)
     step, t0, tokens, losses = 0, time.perf_counter(), 0, []
     total = ws.epochs * ((len(examples) + ws.batch_size - 1) // ws.batch_size)
