@@ -20,6 +20,9 @@ and we quote the median step (the first is dropped: it warms caches).
         --max-completion 1024 --policy <warm start>/model   # rollouts by vLLM-CPU vs by the trained model
     python benchmarks/bench_grpo_step.py --compare micro-batches --steps 2 --prompts 4 --group 4 \
         --max-completion 1024 --policy <warm start>/model   # one checkpointed pass vs length-sorted micro-batches
+    python benchmarks/bench_grpo_step.py --compare shared-prefix --steps 2 --prompts 4 --group 4 \
+        --max-completion 1024 --policy <warm start>/model   # TRL's log-prob function vs completion_logps
+                                                            # (both: tiny.yaml's micro-batches, vLLM rollouts)
 """
 
 from __future__ import annotations
@@ -138,7 +141,8 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=2)
     ap.add_argument("--group", type=int, default=4)
     ap.add_argument("--max-completion", type=int, default=96)
-    ap.add_argument("--compare", choices=["trl-tools", "trl-default", "bf16", "vllm-rollouts", "micro-batches"],
+    ap.add_argument("--compare", choices=["trl-tools", "trl-default", "bf16", "vllm-rollouts", "micro-batches",
+                                                "shared-prefix"],
                     default="trl-tools")
     ap.add_argument("--policy", type=Path, default=None,
                     help="HF folder to start from, e.g. a warm-start stage's model/ (it calls the tool, so the "
@@ -182,6 +186,12 @@ def main() -> None:
                                                                   f"training.grpo.micro_batch_size={args.group}"])
             ours = {"micro-batches": run("micro-batches", micro, policy, Path(tmp), searcher,
                                          {"gradient_checkpointing": False})}
+        elif args.compare == "shared-prefix":  # the same vLLM rollouts at step 1; only the scoring differs
+            vllm = [*shape, "training.grpo.rollout_generator=vllm"]
+            trl_cfg = load_config(ROOT / "configs" / "tiny.yaml", [*vllm, "training.grpo.shared_prefix=false"])
+            base = run("trl-logprobs", trl_cfg, policy, Path(tmp), searcher, {})
+            ours = {"shared-prefix": run("shared-prefix", load_config(ROOT / "configs" / "tiny.yaml", vllm), policy,
+                                         Path(tmp), searcher, {})}
         elif args.compare == "vllm-rollouts":
             base = run("transformers", cfg, policy, Path(tmp), searcher, {})
             vllm_cfg = load_config(ROOT / "configs" / "tiny.yaml", [*shape, "training.grpo.rollout_generator=vllm"])
@@ -199,7 +209,8 @@ def main() -> None:
     for label, r in ours.items():
         baseline = {"trl-tools": "TRL's tool loop", "trl-default": "TRL defaults", "bf16": "fp32",
                     "vllm-rollouts": "rollouts by the trained model (transformers)",
-                    "micro-batches": "one checkpointed pass over the step's rollouts"}[args.compare]
+                    "micro-batches": "one checkpointed pass over the step's rollouts",
+                    "shared-prefix": "TRL's log-prob function (fused LM head)"}[args.compare]
         print(f"ratio {label} vs {baseline}: {base['sec'] / r['sec']:.2f}x seconds/step, "
               f"{r['tps'] / base['tps']:.2f}x tokens/s, {base['train'] / r['train']:.2f}x trainer seconds/step")
 

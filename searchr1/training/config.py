@@ -2,8 +2,9 @@
 
 from typing import Literal
 
-from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, field_validator, model_validator
 
+from searchr1.precision import resolve_bf16
 from searchr1.schema import Section
 
 
@@ -20,9 +21,14 @@ class WarmStartConfig(Section):
     # Recomputes each layer's activations in the backward pass: ~1/4 more compute for less memory, which a
     # 135M policy at batch 8 does not need (a few GB without it)
     gradient_checkpointing: bool = False
+    # bf16 autocast (weights and optimiser stay fp32); "auto": on where the machine computes bf16 natively
+    # (searchr1.precision), resolved when the config is read.
+    bf16: bool | Literal["auto"] = False
     # Share of traces that check one hop with a second search and say so in a reflective phrase ("Wait, let
     # me verify ..."): a behaviour GRPO can then raise or lower. The report states the rate used.
     verify_rate: float = Field(0.0, ge=0, le=1)
+
+    _auto_bf16 = field_validator("bf16", mode="before")(resolve_bf16)
 
     @model_validator(mode="after")
     def _prefix_needs_full_activations(self) -> "WarmStartConfig":
@@ -56,19 +62,33 @@ class GRPOConfig(Section):
     # calls in a step the run stops (the TRL engine's own loop stops at the first failure).
     max_tool_error_rate: float = Field(0.05, ge=0, le=1)
     warmup_ratio: float = Field(0.0, ge=0, lt=1)  # Search-R1: 0.285 of the steps, then constant
-    # bf16 autocast (weights stay fp32). On this Zen 4 CPU (avx512_bf16): 1.21x tokens/s per GRPO step,
-    # median log-prob drift 0.003 vs fp32 (benchmarks/bench_grpo_step.py --compare bf16). Off by default:
-    # a CPU without native bf16 emulates it, and the tiny run's learning was only measured in fp32.
-    bf16: bool = False
+    # bf16 autocast (weights stay fp32). On a Zen 4 CPU (avx512_bf16): 1.21x tokens/s per GRPO step, median
+    # log-prob drift 0.003 vs fp32 (benchmarks/bench_grpo_step.py --compare bf16). "auto": on where the machine
+    # computes bf16 natively (searchr1.precision; a CPU without it emulates bf16, slower than fp32).
+    bf16: bool | Literal["auto"] = False
     device: Literal["cpu", "auto"] = "cpu"  # "auto" lets TRL pick a GPU when there is one
-    # SmolLM2-135M, fp32, 8 x 800 tokens: peak RSS 4.2 GB with it, 12.0 GB without; a step took 38.0 vs
-    # 37.7 s (median, alternating rounds). Without it two runs side by side on 24 GB were OOM-killed.
-    gradient_checkpointing: bool = True
+    # SmolLM2-135M, fp32, 8 x 800 tokens in one pass: peak RSS 4.2 GB with it, 12.0 GB without (two such runs
+    # side by side on 24 GB were OOM-killed); micro_batch_size 4 fits without it, ~1/4 less compute.
+    gradient_checkpointing: bool = False
+    # GRPO's log-probs by `training.prefix.completion_logps`: the rows' common first tokens (system prompt,
+    # tool schema) computed once per pass and only the loss's tokens through the LM head (TRL's fused head
+    # projects every position on CPU). Same log-probs up to float summation order (tests/test_grpo_prefix.py).
+    # Needs gradient_checkpointing off; a model whose head scales its logits falls back to TRL's function.
+    shared_prefix: bool = True
     # Rollouts per forward/backward pass (TRL engine), at most: a step's prompts_per_step x group_size rollouts
     # are trained in equal micro-batches of rows of neighbouring length (the largest divisor of the step's
     # rollouts not above this), each cut to its own longest row, gradients summed into one update. None: the
     # whole step in one pass.
     micro_batch_size: PositiveInt | None = None
+
+    _auto_bf16 = field_validator("bf16", mode="before")(resolve_bf16)
+
+    @model_validator(mode="after")
+    def _prefix_needs_full_activations(self) -> "GRPOConfig":
+        if self.shared_prefix and self.gradient_checkpointing:
+            raise ValueError("training.grpo.shared_prefix needs training.grpo.gradient_checkpointing: false "
+                             "(HF's checkpointed layers drop the shared prefix's cache); set one of them false")
+        return self
 
     @property
     def rollouts_per_step(self) -> int:

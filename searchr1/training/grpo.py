@@ -279,7 +279,40 @@ def _trainer_classes():
 
     class CheckpointingGRPOTrainer(GRPOTrainer):
         """Publishes each Trainer checkpoint atomically as `checkpoints/step-XXXXXX/`; trains a step's rollouts
-        in micro-batches of neighbouring length (`length_micro_batches`) instead of TRL's shuffled split."""
+        in micro-batches of neighbouring length (`length_micro_batches`) instead of TRL's shuffled split; with
+        `shared_prefix`, scores them by `completion_logps` (the rows' common prompt once, the loss's tokens only)."""
+
+        def __init__(self, *args: Any, shared_prefix: bool = False, **kwargs: Any):
+            super().__init__(*args, **kwargs)
+            self.shared_prefix = shared_prefix
+            self._scored = None  # the loss's tokens of the micro-batch being scored (TRL passes only attention)
+
+        def _compute_loss(self, model, inputs):
+            mask = inputs["completion_mask"]
+            self._scored = mask * inputs["tool_mask"] if "tool_mask" in inputs else mask
+            try:
+                return super()._compute_loss(model, inputs)
+            finally:
+                self._scored = None
+
+        def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep,
+                                               batch_size=None, compute_entropy=False, compute_aux_loss=False,
+                                               **extra):
+            from searchr1.training.prefix import completion_logps, plain_lm_head
+
+            unwrapped = self.accelerator.unwrap_model(model)
+            if (not self.shared_prefix or compute_aux_loss or self.args.gradient_checkpointing
+                    or any(v is not None for v in extra.values()) or not plain_lm_head(unwrapped)):
+                return super()._get_per_token_logps_and_entropies(
+                    model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, compute_aux_loss,
+                    **extra)
+            scored = self._scored
+            if scored is None or tuple(scored.shape) != (input_ids.shape[0], logits_to_keep):
+                scored = attention_mask[:, -logits_to_keep:]  # TRL's own labels: every completion token
+            with self.accelerator.autocast():
+                logps, entropies = completion_logps(unwrapped, input_ids, attention_mask, logits_to_keep, scored,
+                                                    temperature=self.temperature, entropy=compute_entropy)
+            return logps, entropies, None
 
         def _prepare_inputs(self, generation_batch):
             if not self.model.training:
@@ -392,7 +425,8 @@ def train_grpo(policy_path: Path | str, train_data_dir: Path, searcher: Searcher
                                      format_reward=g.format_reward, sampler=sampler)
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is marked experimental in TRL 1.16
     trainer = Trainer(model=model, reward_funcs=[reward], args=args, train_dataset=Dataset.from_list(rows),
-                      processing_class=tok, rollout_func=rollout_func, callbacks=[logger])
+                      processing_class=tok, rollout_func=rollout_func, callbacks=[logger],
+                      shared_prefix=g.shared_prefix)
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume[1]) if resume else None)
     ckpts = [str(p) for _, p in _published(work_dir)]

@@ -23,7 +23,6 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from searchr1.agent.generators import common_prefix_len
 from searchr1.agent.prompts import build_messages, tools_for
 from searchr1.agent.protocol import AgentProtocol
 from searchr1.agent.trace import Question
@@ -31,6 +30,7 @@ from searchr1.io import atomic_dir
 from searchr1.retrieval.base import Searcher
 from searchr1.rewards import normalize_answer
 from searchr1.tracking import MetricsLogger, null_logger
+from searchr1.training.prefix import last_hidden
 
 IGNORE = -100
 
@@ -197,40 +197,6 @@ def masked_lm_loss(model, input_ids, attention_mask, labels, *, shared_prefix: b
     return F.cross_entropy(logits.float(), target[keep])
 
 
-MIN_SHARED_PREFIX = 16  # below this a separate prefix forward costs more than it saves
-
-
-def shared_prefix_len(input_ids, attention_mask) -> int:
-    """How many first tokens every row of a right-padded batch shares, each row keeping one token of its own
-    (the rule of the generator's shared prefix, `common_prefix_len`, on the rows' real tokens)."""
-    lengths = attention_mask.sum(1).tolist()
-    rows = [ids[:n] for ids, n in zip(input_ids.tolist(), lengths, strict=True)]
-    return max(0, min(common_prefix_len(rows), min(lengths) - 1))
-
-
-def last_hidden(model, input_ids, attention_mask, *, shared_prefix: bool = False):
-    """The decoder's last hidden states of a right-padded batch.
-
-    With `shared_prefix`, the rows' common first tokens (a trace's system prompt and tool schema: ~300 of
-    ~800) are computed once, as a batch of one, and their keys and values repeated to every row, which then
-    computes only its own tokens; the gradient of every row flows back through the one prefix. Same function
-    of the weights as the plain forward (up to float summation order; tests/test_warmstart_prefix.py). HF's
-    gradient checkpointing drops a passed cache, so this needs it off (WarmStartConfig checks).
-    """
-    import torch
-
-    n = shared_prefix_len(input_ids, attention_mask) if shared_prefix else 0
-    if n < MIN_SHARED_PREFIX:
-        return model.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    rows = input_ids.shape[0]
-    prefix = model.model(input_ids=input_ids[:1, :n], use_cache=True)
-    cache = prefix.past_key_values
-    cache.batch_repeat_interleave(rows)  # differentiable: each row's gradient reaches the prefix's keys/values
-    rest = model.model(input_ids=input_ids[:, n:], attention_mask=attention_mask, past_key_values=cache,
-                       use_cache=True).last_hidden_state
-    return torch.cat([prefix.last_hidden_state.expand(rows, -1, -1), rest], 1)
-
-
 def length_batches(lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[list[int]]:
     """One epoch's batches of example indices: neighbours in length (less padding), in random order."""
     by_len = sorted(range(len(lengths)), key=lambda i: lengths[i])
@@ -253,15 +219,17 @@ def trainable_policy(policy_path: Path | str, ws, trust_remote_code: bool = Fals
 
 
 def train_step(model, opt, batch: Sequence[tuple[list[int], list[int]]], pad_id: int, *,
-               shared_prefix: bool) -> tuple[float, int]:
-    """One optimiser step on (input_ids, labels) examples, right-padded: (loss, tokens in the batch)."""
+               shared_prefix: bool, bf16: bool = False) -> tuple[float, int]:
+    """One optimiser step on (input_ids, labels) examples, right-padded: (loss, tokens in the batch). `bf16`:
+    the forward under bf16 autocast (weights, gradients and the optimiser stay fp32)."""
     import torch
 
     width = max(len(ids) for ids, _ in batch)
     input_ids = torch.tensor([ids + [pad_id] * (width - len(ids)) for ids, _ in batch])
     labels = torch.tensor([lab + [IGNORE] * (width - len(lab)) for _, lab in batch])
     attn = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in batch])
-    loss = masked_lm_loss(model, input_ids, attn, labels, shared_prefix=shared_prefix)
+    with torch.autocast(input_ids.device.type, dtype=torch.bfloat16, enabled=bf16):
+        loss = masked_lm_loss(model, input_ids, attn, labels, shared_prefix=shared_prefix)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
@@ -298,7 +266,7 @@ def warm_start(policy_path: Path | str, questions: Mapping[str, Sequence[Questio
     for _ in range(ws.epochs):
         for idx in length_batches([len(ids) for ids, _ in examples], ws.batch_size, rng):
             loss, n = train_step(model, opt, [examples[i] for i in idx], tok.pad_token_id,
-                                 shared_prefix=ws.shared_prefix)
+                                 shared_prefix=ws.shared_prefix, bf16=ws.bf16)
             step += 1
             tokens += n
             losses.append(loss)
