@@ -46,6 +46,8 @@ COMMANDS: tuple[Command, ...] = (
     Command(("verl", "launch"), "searchr1.training.verl_launch:main", "render and run verl GRPO (GPU node)"),
     Command(("fault-injection",), "flows.fault_injection:main",
             "SIGKILL the pipeline inside each stage, resume, compare with an uninterrupted run"),
+    Command(("fingerprints",), "flows.fingerprints:main",
+            "save the content hashes of a run's stage outputs, or compare a run with saved ones"),
     Command(("report", "open"), "searchr1.cli:report_open", "print (and open) the latest run report"),
     Command(("serve",), "flows.serve:serve_main",
             "start the Prefect server on 127.0.0.1 and serve the deployments (what `make serve` runs)"),
