@@ -91,3 +91,18 @@ def pytest_terminal_summary(terminalreporter) -> None:
                                         f"{', '.join(OPTIONAL_MARKERS)} may skip)", red=True)
         for line in _core_skips:
             terminalreporter.write_line(line)
+
+
+@pytest.fixture
+def random_llama():
+    """A factory of small random Llamas, the same weights at every call (for forward/gradient comparisons)."""
+    def make():
+        import torch
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        torch.manual_seed(0)
+        cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+        return LlamaForCausalLM(cfg).train()
+
+    return make

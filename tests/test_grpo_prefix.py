@@ -6,20 +6,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from searchr1.config import ConfigError, config_from_dict
 from searchr1.training.prefix import MIN_SHARED_PREFIX, completion_logps, plain_lm_head
 
 PAD = 0
 TEMPERATURE = 0.7
-
-
-def _model() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=256)
-    return LlamaForCausalLM(cfg).train()
 
 
 def _batch(system: int, questions: list[int], completions: list[int]):
@@ -55,10 +47,10 @@ def _loss_grads(model, fn, weights):
     return logps.detach(), ent.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-def test_completion_logps_give_trls_log_probs_entropies_and_gradients():
+def test_completion_logps_give_trls_log_probs_entropies_and_gradients(random_llama):
     ids, mask, keep, scored = _batch(system=MIN_SHARED_PREFIX + 8, questions=[3, 7, 5], completions=[9, 4, 12])
     weights = torch.randn(scored.shape, generator=torch.Generator().manual_seed(2))
-    model = _model()
+    model = random_llama()
     ours = _loss_grads(model, lambda: completion_logps(model, ids, mask, keep, scored, temperature=TEMPERATURE,
                                                        entropy=True), weights)
     theirs = _loss_grads(model, lambda: _trl(model, ids, mask, keep, scored), weights)
@@ -69,15 +61,15 @@ def test_completion_logps_give_trls_log_probs_entropies_and_gradients():
         torch.testing.assert_close(ours[2][name], grad, rtol=1e-3, atol=1e-6, msg=name)
 
 
-def test_a_row_with_a_gap_in_its_attention_is_refused():
+def test_a_row_with_a_gap_in_its_attention_is_refused(random_llama):
     ids, mask, keep, scored = _batch(system=MIN_SHARED_PREFIX, questions=[2, 2], completions=[5, 5])
     mask[0, -3] = 0
     with pytest.raises(ValueError, match="one run of ones"):
-        completion_logps(_model(), ids, mask, keep, scored)
+        completion_logps(random_llama(), ids, mask, keep, scored)
 
 
-def test_only_a_plain_head_is_scored_by_ours():
-    model = _model()
+def test_only_a_plain_head_is_scored_by_ours(random_llama):
+    model = random_llama()
     assert plain_lm_head(model)
     model.config.final_logit_softcapping = 30.0
     assert not plain_lm_head(model)

@@ -5,20 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from searchr1.config import ConfigError, config_from_dict
 from searchr1.training.prefix import MIN_SHARED_PREFIX, shared_prefix_len
 from searchr1.training.warmstart import IGNORE, masked_lm_loss
 
 PAD = 0
-
-
-def _model() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=256)
-    return LlamaForCausalLM(cfg).train()
 
 
 def _batch(prefix: int, tails: list[int]):
@@ -43,8 +35,8 @@ def _loss_and_grads(model, batch, shared: bool):
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-def test_the_shared_prefix_gives_the_plain_forwards_loss_and_gradients():
-    model = _model()
+def test_the_shared_prefix_gives_the_plain_forwards_loss_and_gradients(random_llama):
+    model = random_llama()
     batch = _batch(prefix=40, tails=[9, 30, 17, 3])  # rows of different lengths: right padding after each
     assert shared_prefix_len(batch[0], batch[1]) == 40
     plain, plain_grads = _loss_and_grads(model, batch, shared=False)
@@ -55,11 +47,11 @@ def test_the_shared_prefix_gives_the_plain_forwards_loss_and_gradients():
     assert any(g.abs().sum() > 0 for n, g in shared_grads.items() if "layers.0" in n)  # reached the first layer
 
 
-def test_each_row_keeps_a_token_of_its_own_and_short_prefixes_run_the_plain_forward():
+def test_each_row_keeps_a_token_of_its_own_and_short_prefixes_run_the_plain_forward(random_llama):
     ids, mask, _ = _batch(prefix=20, tails=[0, 5])  # the first row is the prefix itself
     assert shared_prefix_len(ids, mask) == 19
     ids, mask, labels = _batch(prefix=MIN_SHARED_PREFIX - 1, tails=[6, 6])
-    model = _model()
+    model = random_llama()
     torch.testing.assert_close(masked_lm_loss(model, ids, mask, labels, shared_prefix=True),
                                masked_lm_loss(model, ids, mask, labels))
 

@@ -8,6 +8,17 @@ from searchr1.precision import resolve_bf16
 from searchr1.schema import Section
 
 
+def _prefix_needs_full_activations(section: str):
+    """The after-validator of a trainer section with `shared_prefix` and `gradient_checkpointing`."""
+    def check(self):
+        if self.shared_prefix and self.gradient_checkpointing:
+            raise ValueError(f"training.{section}.shared_prefix needs training.{section}.gradient_checkpointing: "
+                             "false (HF's checkpointed layers drop the shared prefix's cache); set one of them false")
+        return self
+
+    return check
+
+
 class WarmStartConfig(Section):
     enabled: bool = False
     n_examples: PositiveInt = 512
@@ -29,13 +40,7 @@ class WarmStartConfig(Section):
     verify_rate: float = Field(0.0, ge=0, le=1)
 
     _auto_bf16 = field_validator("bf16", mode="before")(resolve_bf16)
-
-    @model_validator(mode="after")
-    def _prefix_needs_full_activations(self) -> "WarmStartConfig":
-        if self.shared_prefix and self.gradient_checkpointing:
-            raise ValueError("training.warm_start.shared_prefix needs training.warm_start.gradient_checkpointing: "
-                             "false (HF's checkpointed layers drop the shared prefix's cache); set one of them false")
-        return self
+    _prefix_check = model_validator(mode="after")(_prefix_needs_full_activations("warm_start"))
 
 
 class GRPOConfig(Section):
@@ -82,13 +87,7 @@ class GRPOConfig(Section):
     micro_batch_size: PositiveInt | None = None
 
     _auto_bf16 = field_validator("bf16", mode="before")(resolve_bf16)
-
-    @model_validator(mode="after")
-    def _prefix_needs_full_activations(self) -> "GRPOConfig":
-        if self.shared_prefix and self.gradient_checkpointing:
-            raise ValueError("training.grpo.shared_prefix needs training.grpo.gradient_checkpointing: false "
-                             "(HF's checkpointed layers drop the shared prefix's cache); set one of them false")
-        return self
+    _prefix_check = model_validator(mode="after")(_prefix_needs_full_activations("grpo"))
 
     @property
     def rollouts_per_step(self) -> int:
