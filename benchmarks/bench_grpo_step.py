@@ -23,6 +23,9 @@ and we quote the median step (the first is dropped: it warms caches).
     python benchmarks/bench_grpo_step.py --compare shared-prefix --steps 2 --prompts 4 --group 4 \
         --max-completion 1024 --policy <warm start>/model   # TRL's log-prob function vs completion_logps
                                                             # (both: tiny.yaml's micro-batches, vLLM rollouts)
+    python benchmarks/bench_grpo_step.py --compare spare-groups --steps 3 --prompts 4 --group 4 \
+        --max-completion 1024 --policy <warm start>/model   # refill rounds one after another vs 2 spare groups
+                                                            # in the first batch (both: vLLM rollouts, 2 rounds)
 """
 
 from __future__ import annotations
@@ -142,7 +145,7 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=4)
     ap.add_argument("--max-completion", type=int, default=96)
     ap.add_argument("--compare", choices=["trl-tools", "trl-default", "bf16", "vllm-rollouts", "micro-batches",
-                                                "shared-prefix"],
+                                                "shared-prefix", "spare-groups"],
                     default="trl-tools")
     ap.add_argument("--policy", type=Path, default=None,
                     help="HF folder to start from, e.g. a warm-start stage's model/ (it calls the tool, so the "
@@ -192,6 +195,12 @@ def main() -> None:
             base = run("trl-logprobs", trl_cfg, policy, Path(tmp), searcher, {})
             ours = {"shared-prefix": run("shared-prefix", load_config(ROOT / "configs" / "tiny.yaml", vllm), policy,
                                          Path(tmp), searcher, {})}
+        elif args.compare == "spare-groups":  # different draws: compare the rollout seconds, not the updates
+            vllm = [*shape, "training.grpo.rollout_generator=vllm"]
+            base = run("refill-rounds", load_config(ROOT / "configs" / "tiny.yaml", vllm), policy, Path(tmp),
+                       searcher, {})
+            spare_cfg = load_config(ROOT / "configs" / "tiny.yaml", [*vllm, "training.grpo.spare_groups=2"])
+            ours = {"spare-groups": run("spare-groups", spare_cfg, policy, Path(tmp), searcher, {})}
         elif args.compare == "vllm-rollouts":
             base = run("transformers", cfg, policy, Path(tmp), searcher, {})
             vllm_cfg = load_config(ROOT / "configs" / "tiny.yaml", [*shape, "training.grpo.rollout_generator=vllm"])
@@ -210,7 +219,8 @@ def main() -> None:
         baseline = {"trl-tools": "TRL's tool loop", "trl-default": "TRL defaults", "bf16": "fp32",
                     "vllm-rollouts": "rollouts by the trained model (transformers)",
                     "micro-batches": "one checkpointed pass over the step's rollouts",
-                    "shared-prefix": "TRL's log-prob function (fused LM head)"}[args.compare]
+                    "shared-prefix": "TRL's log-prob function (fused LM head)",
+                    "spare-groups": "refill rounds one after another"}[args.compare]
         print(f"ratio {label} vs {baseline}: {base['sec'] / r['sec']:.2f}x seconds/step, "
               f"{r['tps'] / base['tps']:.2f}x tokens/s, {base['train'] / r['train']:.2f}x trainer seconds/step")
 

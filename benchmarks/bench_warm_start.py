@@ -50,7 +50,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5, help="steps per variant; the first is dropped")
     ap.add_argument("--config", type=Path, default=ROOT / "configs" / "tiny.yaml")
     ap.add_argument("--policy", type=Path, default=None, help="an HF folder (default: the config's policy)")
-    ap.add_argument("--variants", default="checkpointed,plain,shared-prefix", help=f"of {', '.join(VARIANTS)}; baseline: the first")
+    ap.add_argument("--variants", default="checkpointed,plain,shared-prefix",
+                    help=f"of {', '.join(VARIANTS)}; baseline: the first")
     args = ap.parse_args()
     print(f"machine at start: load average {os.getloadavg()} on {os.cpu_count()} cores, torch threads "
           f"{torch.get_num_threads()}")

@@ -76,3 +76,45 @@ def test_refill_is_the_trl_engines_option():
 
     with pytest.raises(ValueError, match="refill_rounds.*verl"):
         PipelineConfig.model_validate({"training": {"engine": "verl", "grpo": {"refill_rounds": 1}}})
+
+
+def test_spare_groups_are_sampled_in_the_first_batch_and_replace_flat_groups():
+    """training.grpo.spare_groups: fresh questions' groups ride in the step's one batch of rollouts and take the
+    place of the flat groups; no refill round runs after it when the spares vary."""
+    from contextlib import nullcontext
+
+    from test_agent_fixtures import QUESTIONS, CharTokenizer, KeywordSearcher, ScriptedGenerator, search_then_answer
+
+    from searchr1.training.grpo import make_rollout_func
+
+    rows = [{"prompt": q["question"], "golden_answers": q["golden_answers"], "question_id": q["id"],
+             "benchmark": "single_hop"} for q in QUESTIONS[:8]]
+    scheduled = [rows[0]["prompt"]] * 2 + [rows[1]["prompt"]] * 2
+    calls = iter(range(10_000))
+
+    def script(history: str, turn: int) -> str:
+        """Wrong on the scheduled questions (flat groups), right on every other call elsewhere (varied)."""
+        if not turn:
+            return search_then_answer(history, turn)
+        gold = next(r["golden_answers"][0] for r in rows if r["prompt"] in history)
+        wrong = any(p in history for p in scheduled) or next(calls) % 2
+        return f"<think>Found it.</think>\n<answer> {'nobody' if wrong else gold} </answer>"
+
+    class CountingGenerator(ScriptedGenerator):
+        batches = 0
+
+        def start(self, prompts):
+            CountingGenerator.batches += 1
+            return super().start(prompts)
+
+    gen = CountingGenerator(script)
+    cfg = PipelineConfig()
+    fn = make_rollout_func(KeywordSearcher(), cfg.agent, temperature=1.0, top_p=1.0, questions=rows, group_size=2,
+                           refill_rounds=2, seed=0, sampler=lambda trainer, step: nullcontext(gen), spare_groups=2)
+    out = fn(scheduled, SimpleNamespace(processing_class=CharTokenizer(), state=SimpleNamespace(global_step=0)))
+    assert CountingGenerator.batches == 1  # the spares came with the step's own rollouts
+    questions = [ro.question["question"] for ro in out["rollout"]]
+    assert len(questions) == 4 and not set(questions) & set(scheduled)  # both flat groups replaced by spares
+    assert all(ro.question["refill"] == "spare" for ro in out["rollout"])
+    assert out["grpo__spare_rollouts"] == 4 and out["grpo__flat_groups_sampled"] == 2
+    assert out["grpo__flat_groups_trained"] == 0

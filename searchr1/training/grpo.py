@@ -80,7 +80,7 @@ def refill_flat_groups(rollouts: list[Rollout], rewards: list[float], group_size
 def make_rollout_func(searcher: Searcher, agent: AgentConfig, *, temperature: float, top_p: float,
                       questions: Sequence[Mapping[str, Any]] = (), group_size: int = 1, refill_rounds: int = 0,
                       seed: int = 0, format_reward: float = 0.0, sampler: Sampler | None = None,
-                      ) -> Callable[[list[str], Any], dict[str, list]]:
+                      spare_groups: int = 0) -> Callable[[list[str], Any], dict[str, list]]:
     """TRL's `rollout_func`: one sampled multi-turn rollout per prompt received (TRL's sampler already
     repeats each question `group_size` times), by the evaluation loop, with the policy of the step: the model
     being trained samples in this process unless `sampler` says otherwise (`rollout_samplers.vllm_sampler`).
@@ -88,13 +88,16 @@ def make_rollout_func(searcher: Searcher, agent: AgentConfig, *, temperature: fl
     `questions` (the TRL training rows) let each rollout carry its question's id, golden answers and suite,
     and, with `refill_rounds` > 0, supply the fresh questions that replace groups with no reward variance
     (drawn with a generator seeded by (seed, step, round): a resumed run draws the same ones). Flat is judged
-    by the reward the trainer uses (`format_reward` as in `SearchR1Reward`).
+    by the reward the trainer uses (`format_reward` as in `SearchR1Reward`). With `spare_groups` > 0 that many
+    fresh questions' groups are sampled in the step's first batch (DAPO oversamples the same way) and replace
+    flat groups before any refill round: one batch of rollouts instead of one after another.
     """
     rows = {str(q["prompt"]): q for q in questions}
     protocol = AgentProtocol.from_config(agent)
     sampler = sampler or in_process_sampler(temperature, top_p)
-    if refill_rounds and not rows:
-        raise ValueError("grpo.refill_rounds > 0 needs the training questions to draw fresh groups from")
+    if (refill_rounds or spare_groups) and not rows:
+        raise ValueError("grpo.refill_rounds or grpo.spare_groups > 0 needs the training questions to draw fresh "
+                         "groups from")
 
     def question(prompt: str) -> Question:
         row = rows.get(prompt)
@@ -108,24 +111,35 @@ def make_rollout_func(searcher: Searcher, agent: AgentConfig, *, temperature: fl
         step = trainer.state.global_step + 1
         t0 = time.perf_counter()
         refill: dict[str, float] = {}
+        scheduled = set(prompts)
+        pool = [p for p in rows if p not in scheduled]
+
+        def drawn(picked: Sequence[str], tag: int | str) -> list[Question]:
+            return [{**question(p), "refill": tag} for p in picked for _ in range(group_size)]
+
+        spares = drawn(random.Random(f"{seed}/{step}/spare").sample(pool, min(spare_groups, len(pool))), "spare")
         with sampler(trainer, step) as gen:
-            rollouts = run_agent([question(p) for p in prompts], gen, searcher, agent, progress=False)
-            if refill_rounds:
-                scheduled = set(prompts)
-                pool = [p for p in rows if p not in scheduled]
+            batch = run_agent([question(p) for p in prompts] + spares, gen, searcher, agent, progress=False)
+            rollouts, spare_rollouts = batch[:len(prompts)], batch[len(prompts):]
+            if refill_rounds or spare_rollouts:
 
                 def reward_of(ros: Sequence[Rollout]) -> list[float]:
                     return [protocol.reward(model_text(r.segments), r.question["golden_answers"], format_reward)
                             for r in ros]
 
                 def sample(round_: int, k: int) -> tuple[list[Rollout], list[float]]:
+                    if spare_rollouts:  # the spare groups act as round 0
+                        if round_ == 0:
+                            return spare_rollouts, reward_of(spare_rollouts)
+                        round_ -= 1
                     picked = random.Random(f"{seed}/{step}/{round_}").sample(pool, min(k, len(pool)))
                     reseed(gen, seed, step, round_ + 1)
-                    drawn = [{**question(p), "refill": round_ + 1} for p in picked for _ in range(group_size)]
-                    fresh = run_agent(drawn, gen, searcher, agent, progress=False)
+                    fresh = run_agent(drawn(picked, round_ + 1), gen, searcher, agent, progress=False)
                     return fresh, reward_of(fresh)
 
-                refill = refill_flat_groups(rollouts, reward_of(rollouts), group_size, refill_rounds, sample)
+                rounds = refill_rounds + bool(spare_rollouts)
+                refill = refill_flat_groups(rollouts, reward_of(rollouts), group_size, rounds, sample)
+                refill["grpo/spare_rollouts"] = float(len(spare_rollouts))  # sampled whether used or not
         prompt_ids = [tok(r.prompt, add_special_tokens=False)["input_ids"] for r in rollouts]
         # a scalar extra field reaches the reward function once per completion: the step's rollout time
         return {"prompt_ids": prompt_ids, "completion_ids": [r.completion_ids for r in rollouts],
@@ -422,7 +436,7 @@ def train_grpo(policy_path: Path | str, train_data_dir: Path, searcher: Searcher
                                top_p=g.top_p, kv_cache_gib=g.rollout_kv_cache_gib, seed=cfg.run.seed)
     rollout_func = make_rollout_func(searcher, cfg.agent, temperature=g.temperature, top_p=g.top_p, questions=rows,
                                      group_size=g.group_size, refill_rounds=g.refill_rounds, seed=cfg.run.seed,
-                                     format_reward=g.format_reward, sampler=sampler)
+                                     format_reward=g.format_reward, sampler=sampler, spare_groups=g.spare_groups)
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is marked experimental in TRL 1.16
     trainer = Trainer(model=model, reward_funcs=[reward], args=args, train_dataset=Dataset.from_list(rows),
                       processing_class=tok, rollout_func=rollout_func, callbacks=[logger],
