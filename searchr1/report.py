@@ -178,8 +178,9 @@ def deviations(config: Mapping[str, Any], stages: Mapping[str, StageSummary]) ->
 def _config_summary(config: Mapping[str, Any]) -> str:
     keys = ["run.name", "run.seed", "corpus.source", "questions.source", "questions.eval_benchmarks",
             "questions.max_eval_questions", "retrieval.topk", "retrieval.embedder.model", "retrieval.index.kind",
-            "policy.model", "agent.prompt_style", "agent.max_turns", "training.engine",
-            "training.warm_start.enabled", "training.grpo.steps", "training.grpo.prompts_per_step",
+            "policy.model", "policy.dtype", "agent.prompt_style", "agent.max_turns", "agent.generator",
+            "agent.vllm.dtype", "training.engine", "training.warm_start.enabled", "training.warm_start.bf16",
+            "training.grpo.bf16", "training.grpo.steps", "training.grpo.prompts_per_step",
             "training.grpo.group_size", "training.grpo.learning_rate", "training.grpo.kl_coef",
             "training.grpo.temperature", "training.grpo.refill_rounds", "training.grpo.rollout_generator",
             "training.grpo.save_every", "evaluation.checkpoints", "evaluation.baselines",
