@@ -83,9 +83,10 @@ VOLATILE = ("_manifest.json", "manifest.json", "metrics.jsonl", "metrics.pending
 
 
 def stage_fingerprints(artifacts: Path) -> dict[str, dict[str, str]]:
-    """{stage: {relative file: sha256}} of every complete stage output (manifests and logs excluded)."""
+    """{stage: {relative file: sha256}} of every complete stage output (manifests and logs excluded); where a stage
+    holds outputs of several keys (a config or the code changed), the newest published one."""
     out: dict[str, dict[str, str]] = {}
-    for manifest in sorted((artifacts / "cache").glob("*/*/_manifest.json")):
+    for manifest in sorted((artifacts / "cache").glob("*/*/_manifest.json"), key=lambda m: m.stat().st_mtime):
         stage_dir = manifest.parent
         files = {}
         for f in sorted(stage_dir.rglob("*")):
