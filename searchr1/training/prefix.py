@@ -71,7 +71,8 @@ def completion_logps(model, input_ids, attention_mask, logits_to_keep: int, scor
     rows, width = input_ids.shape
     lengths = attention_mask.sum(1)
     lead = (attention_mask.cumsum(1) == 0).sum(1)  # each row's left padding
-    cols = torch.arange(width)
+    device = input_ids.device  # every index and output tensor beside the model's inputs (CPU or GPU)
+    cols = torch.arange(width, device=device)
     if not torch.equal(attention_mask.bool(), (cols >= lead[:, None]) & (cols < (lead + lengths)[:, None])):
         raise ValueError("completion_logps: each row's attention mask must be one run of ones (padding at the ends)")
     shifted = (cols + lead[:, None]).clamp(max=width - 1)
@@ -80,15 +81,15 @@ def completion_logps(model, input_ids, attention_mask, logits_to_keep: int, scor
     hidden = last_hidden(model, ids, mask, shared_prefix=True)
     # completion token j of row r is column (width - logits_to_keep + j - lead_r) of the shifted row; the hidden
     # state one column before it predicts it
-    pos = torch.arange(logits_to_keep) + (width - logits_to_keep - 1) - lead[:, None]
+    pos = torch.arange(logits_to_keep, device=device) + (width - logits_to_keep - 1) - lead[:, None]
     keep = scored.bool()
-    row_of = torch.arange(rows)[:, None].expand(rows, logits_to_keep)
+    row_of = torch.arange(rows, device=device)[:, None].expand(rows, logits_to_keep)
     logits = model.lm_head(hidden[row_of[keep], pos[keep]]).float() / temperature
     logp_all = logits.log_softmax(-1)
     targets = input_ids[:, -logits_to_keep:][keep]
-    out = torch.zeros(rows, logits_to_keep, dtype=torch.float32)
+    out = torch.zeros(rows, logits_to_keep, dtype=torch.float32, device=device)
     out = out.masked_scatter(keep, logp_all.gather(1, targets[:, None])[:, 0])
     if not entropy:
         return out, None
     ent = -(logp_all.exp() * logp_all).sum(-1)
-    return out, torch.zeros(rows, logits_to_keep, dtype=torch.float32).masked_scatter(keep, ent)
+    return out, torch.zeros(rows, logits_to_keep, dtype=torch.float32, device=device).masked_scatter(keep, ent)
