@@ -48,3 +48,18 @@ def test_results_table_keeps_base_and_warm_start_apart(tmp_path: Path, fake_mode
     values = dict(zip(cols, (v.strip() for v in avg.strip("|").split("|")), strict=True))
     assert values["rag @ warm-start"] == "12.5" and values["rag @ base"] != "12.5"
     assert "| warm-start |" in md  # its own behaviour row
+
+
+def test_baselines_at_init_run_only_on_the_policy_rl_starts_from(tmp_path: Path, fake_models):  # noqa: F811
+    cfg = PipelineConfig.model_validate({"evaluation": {"baselines_at": "init"}})
+    ev.evaluate_checkpoints([(0, "base-folder"), (4, "ckpt-4")], {"single_hop": QUESTIONS[:3]}, KeywordSearcher(),
+                            cfg, tmp_path, progress=False, init=("warm-start", "ws-folder"))
+    res = pd.read_parquet(tmp_path / "results.parquet")
+    methods = {c: set(g["method"]) for c, g in res.groupby("checkpoint")}
+    assert methods == {"base": {"search_agent"}, "warm-start": {"search_agent", "direct", "rag"},
+                       "step-000004": {"search_agent"}}
+    # without a warm start the RL start is the base model, and it keeps its baselines
+    ev.evaluate_checkpoints([(0, "base-folder")], {"single_hop": QUESTIONS[:3]}, KeywordSearcher(), cfg,
+                            tmp_path / "no-init", progress=False)
+    assert set(pd.read_parquet(tmp_path / "no-init" / "results.parquet")["method"]) == {"search_agent", "direct",
+                                                                                       "rag"}

@@ -52,6 +52,15 @@ def run_method(method: str, questions: Sequence[Question], generator: Generator,
     return run_baseline(method, questions, generator, searcher, cfg.agent, progress=progress)
 
 
+def baselines_here(name: str, step: int, init: tuple[str, Path | str] | None, where: str) -> bool:
+    """Whether the baselines run on this model under `evaluation.baselines_at`."""
+    if where == "all":
+        return True
+    if step != 0:
+        return False
+    return where == "base" or init is None or name == init[0]
+
+
 def _validate(checkpoints: Sequence[tuple[int, Path | str]], questions: Mapping[str, Sequence[Question]]) -> None:
     steps = [s for s, _ in checkpoints]
     if len(set(steps)) != len(steps):
@@ -118,7 +127,7 @@ def evaluate_checkpoints(checkpoints: list[tuple[int, Path | str]], questions: M
         models.insert(sum(step == 0 for _, step, _ in models), (init[0], 0, init[1]))
     for name, step, path in models:
         generator: Generator | None = None
-        at_step = methods if step == 0 or cfg.evaluation.baselines_at == "all" else [AGENT]
+        at_step = methods if baselines_here(name, step, init, cfg.evaluation.baselines_at) else [AGENT]
         try:
             for method in at_step:
                 todo = {bench: qs for bench, qs in questions.items()
