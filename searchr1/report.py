@@ -145,12 +145,12 @@ def deviations(config: Mapping[str, Any], stages: Mapping[str, StageSummary]) ->
     if warm_start_used(config, stages):
         n = _get(config, "training.warm_start.n_examples")
         ws = stages.get("warm-start")
-        checks = (f" {ws.verify_rate:.0%} of them check one hop with a second search after a reflective phrase "
+        checks = (f" {ws.verify_rate:.0%} of them check the last hop with a second search after a reflective phrase "
                   "(\"Wait, let me verify …\"): the starting rate of the behaviour the reflection study follows."
                   if isinstance(ws, WarmStartSummary) and ws.traces else "")
         if checks and ws.check_probability is not None:
             checks += (f" What the fine-tuned policy learnt of it: probability {ws.check_probability:.1%} of opening "
-                       "that turn with \"Wait\" (mean over the traces' first-hop decisions).")
+                       "that turn with \"Wait\" (mean over the traces' decisions after their last hop).")
         out.append(f"**Supervised warm start:** before GRPO the policy was fine-tuned on {_fmt(n) if n else 'some'} "
                    "worked search traces, because a model this small never calls the tool on its own and GRPO gets "
                    f"no reward variance to learn from. Search-R1 starts RL from the instruct model directly.{checks}")

@@ -176,7 +176,7 @@ def test_deviations_name_the_sampling_and_the_warm_start_check_rate():
     stages = {"warm-start": WarmStartSummary.of({"steps": 3, "traces": 96, "verify_rate": 0.5})}
     cfg = {"training": {"warm_start": {"enabled": True}, "grpo": {"temperature": 0.7, "kl_coef": 0.0}}}
     devs = deviations(cfg, stages)
-    assert any("50% of them check one hop" in d and "learnt" not in d for d in devs)
+    assert any("50% of them check the last hop" in d and "learnt" not in d for d in devs)
     learnt = {"warm-start": WarmStartSummary.of({"steps": 3, "traces": 96, "verify_rate": 0.5,
                                                  "check_probability": 0.0134})}
     assert any("probability 1.3% of opening that turn" in d for d in deviations(cfg, learnt))

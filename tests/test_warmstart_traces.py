@@ -62,9 +62,11 @@ def test_verifying_traces_check_a_hop_with_a_reflective_phrase(world):
             m["content"] == f"<think>{p.format(e=e)}</think>" for p in VERIFY_PHRASES
             for e in q["metadata"]["hop_entities"])]
         assert len(checks) == 1
-        assert t.index(checks[0]) == 4  # right after the first hop's result: one decision point, at the full rate
+        # right after the last hop's result (system, question, then a call and a result per hop): one decision
+        # point, at the full rate, and nothing but the answer after it
+        assert t.index(checks[0]) == 2 + 2 * len(q["metadata"]["hop_queries"]) == len(t) - 3
         query = checks[0]["tool_calls"][0]["function"]["arguments"]["query_list"][0]
-        assert query in q["metadata"]["hop_entities"]  # it searches the entity it checks
+        assert query == q["metadata"]["hop_entities"][-1]  # it searches the entity it checks
         assert t[-1]["content"].endswith(f"<answer>{q['golden_answers'][0]}</answer>")
     assert reflective_ratio([_segments(t) for t in traces]) > 0  # the detector sees them
     # one first word for every check: the verify rate is the weight of one choice, which greedy decoding can pick
@@ -91,9 +93,19 @@ def test_namesakes_are_one_letter_apart_and_leave_the_rest_of_the_world_unchange
     assert len({p.name.lower() for p in w.people}) == len(w.people)  # still no exact duplicate
 
 
-def test_check_probability_reads_the_policy_at_the_first_hop_decision(world):
-    """The warm start's diagnostic: the model is asked, at the turn after the first hop's result (where every check
-    begins), for the probability of the check's first word; the mean over traces is returned."""
+def test_the_last_turn_names_the_last_hop_it_answers_from(world):
+    traces, _ = _traces(world, 0.5)
+    questions = {q["question"]: q for qs in world[0].values() for q in qs}
+    for t in traces:
+        q = questions[t[1]["content"].rsplit("Question: ", 1)[1]]
+        golden = q["golden_answers"][0]
+        said = ("the answer is" if q["metadata"]["skill"] == "comparison" else f"{q['metadata']['hop_queries'][-1]} is")
+        assert t[-1]["content"] == f"<think>The search results say {said} {golden}.</think>\n<answer>{golden}</answer>"
+
+
+def test_check_probability_reads_the_policy_at_the_last_hop_decision(world):
+    """The warm start's diagnostic: the model is asked, at the turn after the last hop's result (where every check
+    begins, or the answer), for the probability of the check's first word; the mean over traces is returned."""
     import torch
 
     from searchr1.agent.prompts import tools_for
@@ -114,6 +126,10 @@ def test_check_probability_reads_the_policy_at_the_first_hop_decision(world):
     p = check_probability(Policy(), CharTokenizer(), traces, tools_for("tool_call"), limit=5)
     assert p == pytest.approx(0.25)
     assert len(seen) == 5
-    for text in seen:  # the prompt, the first hop's call and result, then the new turn's opening
-        assert text.endswith("<|im_start|>assistant\n<think>") and text.count("</tool_response><|im_end|>") == 1
+    questions = {q["question"]: q for qs in world[0].values() for q in qs}
+    for t, text in zip(traces, seen, strict=False):  # the prompt, every hop's call and result, the new turn's opening
+        hops = len(questions[t[1]["content"].rsplit("Question: ", 1)[1]]["metadata"]["hop_queries"])
+        assert text.endswith("<|im_start|>assistant\n<think>") and text.count("</tool_response><|im_end|>") == hops
+    assert {len(questions[t[1]["content"].rsplit("Question: ", 1)[1]]["metadata"]["hop_queries"])
+            for t in traces[:5]} != {1}  # multi-hop traces are among them
     assert check_probability(Policy(), CharTokenizer(), [t[:4] for t in traces], None) is None  # no second turn

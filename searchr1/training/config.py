@@ -35,7 +35,7 @@ class WarmStartConfig(Section):
     # bf16 autocast (weights and optimiser stay fp32); "auto": on where the machine computes bf16 natively
     # (searchr1.precision), resolved when the config is read.
     bf16: bool | Literal["auto"] = False
-    # Share of traces that check one hop with a second search and say so in a reflective phrase ("Wait, let
+    # Share of traces that check their last hop with a second search and say so in a reflective phrase ("Wait, let
     # me verify ..."): a behaviour GRPO can then raise or lower. The report states the rate used.
     verify_rate: float = Field(0.0, ge=0, le=1)
 

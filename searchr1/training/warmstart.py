@@ -44,6 +44,16 @@ VERIFY_PHRASES = ("Wait, let me verify that this is really about {e} and not a s
                   "Wait, on second thought, let me re-verify the passage about {e}.")
 
 
+def final_reasoning(q: Question) -> str:
+    """The last turn's reasoning: the last hop's query, then its result (e.g. "Krabark Fiserk employer is
+    the Stoutul Guild"), so the answer is copied from the passage about that relation; a comparison's answer
+    is one of its two entities, not a hop's result."""
+    golden = q["golden_answers"][0]
+    if q["metadata"].get("skill") == "comparison":
+        return f"The search results say the answer is {golden}."
+    return f"The search results say {q['metadata']['hop_queries'][-1]} is {golden}."
+
+
 def trace_messages(q: Question, tool_texts: Sequence[str], verify: tuple[int, int] | None = None
                    ) -> list[dict[str, Any]]:
     """The chat of one warm-start trace (tool_call prompt style): one search per hop, then the answer.
@@ -67,7 +77,7 @@ def trace_messages(q: Question, tool_texts: Sequence[str], verify: tuple[int, in
         if verify is not None and verify[0] == i:
             entity = q["metadata"]["hop_entities"][i]
             call(f"<think>{VERIFY_PHRASES[verify[1]].format(e=entity)}</think>", entity)
-    final = f"<think>The search results say the answer is {golden}.</think>\n<answer>{golden}</answer>"
+    final = f"<think>{final_reasoning(q)}</think>\n<answer>{golden}</answer>"
     msgs.append({"role": "assistant", "content": final})
     return msgs
 
@@ -130,9 +140,13 @@ def build_traces(questions: Mapping[str, Sequence[Question]], searcher: Searcher
             hops = list(q["metadata"]["hop_queries"])
             verify = None
             if q["metadata"].get("hop_entities") and rng.random() < verify_rate:
-                # always the first hop: spread over the hops, a 50% rate is 25% at each decision point of a
-                # two-hop trace and greedy decoding never checks (measured: 0 phrases in a whole tiny run)
-                verify = (0, rng.randrange(len(VERIFY_PHRASES)))
+                # always one hop, the last: spread over the hops, a 50% rate is 25% at each decision point of a
+                # two-hop trace and greedy decoding never checks (measured: 0 phrases in a whole tiny run). After
+                # the last hop a check is always followed by the answer; checking the first hop put a check in
+                # the middle of a chain, and the policy lost count of the hops after it (session 12's run:
+                # single-hop questions searched a spurious third time, 8% EM; three-hop ones answered after their
+                # second hop, 9%)
+                verify = (len(hops) - 1, rng.randrange(len(VERIFY_PHRASES)))
                 hops.insert(verify[0] + 1, q["metadata"]["hop_entities"][verify[0]])
             plans.append((q, hops, verify))
         hits = iter(searcher.search([h for _, hops, _ in plans for h in hops], protocol.topk))
@@ -152,13 +166,23 @@ def build_traces(questions: Mapping[str, Sequence[Question]], searcher: Searcher
                     "verify_rate": verified / len(traces) if traces else 0.0}
 
 
+def decision_turn(trace: Sequence[Mapping[str, Any]], word: str = "Wait") -> int | None:
+    """The index of the assistant turn right after the last hop's result, where a trace checks or answers: the
+    check's turn in a verifying trace (it opens with `word`), the answer's otherwise. None before any search."""
+    turns = [i for i, m in enumerate(trace) if m["role"] == "assistant"]
+    if len(turns) < 2:
+        return None
+    checks = [i for i in turns if str(trace[i]["content"]).startswith("<think>" + word)]
+    return checks[0] if checks else turns[-1]
+
+
 def check_probability(model, tokenizer, traces: Sequence[Sequence[Mapping[str, Any]]], tools, limit: int = 32,
                       word: str = "Wait") -> float | None:
-    """What the policy learnt of the checks: its mean probability of opening the assistant turn after the first
-    hop's result with `word` (how every check begins), over the first `limit` traces with such a turn.
+    """What the policy learnt of the checks: its mean probability of opening the turn after the last hop's
+    result with `word` (how every check begins), over the first `limit` traces with such a turn.
 
     The traces check at `verify_rate`; a policy that puts far less than that on the word will not check when it
-    decodes greedily, and rarely when it samples. None when no trace has a second assistant turn.
+    decodes greedily, and rarely when it samples. None when no trace has searched before its last turn.
     """
     import torch
 
@@ -168,14 +192,15 @@ def check_probability(model, tokenizer, traces: Sequence[Sequence[Mapping[str, A
         raise ValueError(f"check_probability: {word!r} does not start a token after '<think>' in this tokenizer")
     target = opened[len(think)]
     probs = []
+    decisions = [(t, d) for t in traces if (d := decision_turn(t, word)) is not None][:limit]
     with torch.no_grad():
-        for t in [t for t in traces if len(t) > 4 and t[4]["role"] == "assistant"][:limit]:
+        for t, d in decisions:
             # the tokens the model was trained on, up to that turn's "<think>": its first trained token
-            ids, labels = tokenize_trace(tokenizer, t[:5], tools)
+            ids, labels = tokenize_trace(tokenizer, t[:d + 1], tools)
             turn = next(i for i in range(len(labels) - 1, -1, -1) if labels[i] == IGNORE) + 1
             if ids[turn:turn + len(think)] != think:
-                raise ValueError("check_probability: a trace's second turn does not open with '<think>': "
-                                 f"{t[4]['content']!r:.80}")
+                raise ValueError("check_probability: a trace's decision turn does not open with '<think>': "
+                                 f"{t[d]['content']!r:.80}")
             logits = model(input_ids=torch.tensor([ids[:turn + len(think)]]), logits_to_keep=1).logits[0, -1]
             probs.append(float(logits.float().softmax(-1)[target]))
     return sum(probs) / len(probs) if probs else None
