@@ -63,3 +63,10 @@ def test_baselines_at_init_run_only_on_the_policy_rl_starts_from(tmp_path: Path,
                             tmp_path / "no-init", progress=False)
     assert set(pd.read_parquet(tmp_path / "no-init" / "results.parquet")["method"]) == {"search_agent", "direct",
                                                                                        "rag"}
+    # the table still opens with the base, although only the warm start's rows hold baselines
+    from searchr1.evaluation.results import results_table
+
+    md = results_table(tmp_path / "results.parquet", tmp_path, reference=False)["markdown"].read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| benchmark"))
+    assert [c.strip() for c in header.strip("|").split("|")][2:5] == [
+        "search_agent @ base", "search_agent @ warm-start", "search_agent @ step-000004"]

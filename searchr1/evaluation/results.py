@@ -13,7 +13,7 @@ from typing import Any
 
 from searchr1 import markdown
 from searchr1.io import atomic_file, write_text_atomic
-from searchr1.schema import AGENT, AVERAGE
+from searchr1.schema import AGENT, AVERAGE, BASE_CHECKPOINT
 
 # Pass@1 EM (%) for Qwen2.5-3B-Instruct, GRPO, from DESIGN.md.
 PAPER_BENCHMARKS = ("nq", "triviaqa", "popqa", "hotpotqa", "2wikimultihopqa", "musique", "bamboogle")
@@ -30,7 +30,11 @@ def _columns(frame: Any) -> list[tuple[str, str, str, int]]:
 
     Columns are keyed by checkpoint name, not step: the base model and the warm-started policy share step 0.
     """
-    models = frame[["checkpoint", "step"]].drop_duplicates("checkpoint").sort_values("step", kind="stable")
+    models = frame[["checkpoint", "step"]].drop_duplicates("checkpoint")
+    # the base first among the step-0 models, whichever the rows list first (the warm start's baselines sort
+    # before the base's agent rows when only the warm start has baselines)
+    models = models.assign(later=models["checkpoint"] != BASE_CHECKPOINT).sort_values(["step", "later"],
+                                                                                      kind="stable")
     ckpts, step_of = list(models["checkpoint"]), dict(zip(models["checkpoint"], models["step"], strict=True))
     first = [c for c in ckpts if step_of[c] == step_of[ckpts[0]]]  # the base (and the warm-started policy)
     ends = list(dict.fromkeys([*first, ckpts[-1]]))
