@@ -183,7 +183,7 @@ def _config_summary(config: Mapping[str, Any]) -> str:
             "training.grpo.bf16", "training.grpo.steps", "training.grpo.prompts_per_step",
             "training.grpo.group_size", "training.grpo.learning_rate", "training.grpo.kl_coef",
             "training.grpo.temperature", "training.grpo.refill_rounds", "training.grpo.rollout_generator",
-            "training.grpo.save_every", "evaluation.checkpoints", "evaluation.baselines",
+            "training.grpo.save_every", "evaluation.checkpoints", "evaluation.baselines", "evaluation.baselines_at",
             "reflection.bootstrap_samples", "reflection.lexicon_file"]
     rows = [{"setting": k, "value": _get(config, k)} for k in keys if _get(config, k, "__missing__") != "__missing__"]
     return _table(rows)
