@@ -32,6 +32,12 @@ def _traces(world, rate: float, n: int = 24):
     return build_traces(questions, searcher, CharTokenizer(), cfg, n)
 
 
+def _question(world, trace) -> dict:
+    """The world's question a trace answers (its user turn ends with "Question: <text>")."""
+    text = trace[1]["content"].rsplit("Question: ", 1)[1]
+    return next(q for qs in world[0].values() for q in qs if q["question"] == text)
+
+
 def _searches(trace) -> int:
     return sum(len(m.get("tool_calls") or []) for m in trace)
 
@@ -44,9 +50,8 @@ def _segments(trace):
 def test_plain_traces_search_once_per_hop_and_never_reflect(world):
     traces, summary = _traces(world, 0.0)
     assert summary["verifying_traces"] == 0 and summary["verify_rate"] == 0.0 and len(traces) > 10
-    questions = {q["question"]: q for qs in world[0].values() for q in qs}
     for t in traces:
-        q = questions[t[1]["content"].rsplit("Question: ", 1)[1]]
+        q = _question(world, t)
         assert _searches(t) == len(q["metadata"]["hop_queries"])
     assert reflective_ratio([_segments(t) for t in traces]) == 0.0
 
@@ -54,9 +59,8 @@ def test_plain_traces_search_once_per_hop_and_never_reflect(world):
 def test_verifying_traces_check_a_hop_with_a_reflective_phrase(world):
     traces, summary = _traces(world, 1.0)
     assert summary["verifying_traces"] == len(traces) and summary["verify_rate"] == 1.0
-    questions = {q["question"]: q for qs in world[0].values() for q in qs}
     for t in traces:
-        q = questions[t[1]["content"].rsplit("Question: ", 1)[1]]
+        q = _question(world, t)
         assert _searches(t) == len(q["metadata"]["hop_queries"]) + 1  # the check is one more search
         checks = [m for m in t if m["role"] == "assistant" and any(
             m["content"] == f"<think>{p.format(e=e)}</think>" for p in VERIFY_PHRASES
@@ -95,9 +99,8 @@ def test_namesakes_are_one_letter_apart_and_leave_the_rest_of_the_world_unchange
 
 def test_the_last_turn_names_the_last_hop_it_answers_from(world):
     traces, _ = _traces(world, 0.5)
-    questions = {q["question"]: q for qs in world[0].values() for q in qs}
     for t in traces:
-        q = questions[t[1]["content"].rsplit("Question: ", 1)[1]]
+        q = _question(world, t)
         golden = q["golden_answers"][0]
         said = ("the answer is" if q["metadata"]["skill"] == "comparison" else f"{q['metadata']['hop_queries'][-1]} is")
         assert t[-1]["content"] == f"<think>The search results say {said} {golden}.</think>\n<answer>{golden}</answer>"
@@ -126,10 +129,9 @@ def test_check_probability_reads_the_policy_at_the_last_hop_decision(world):
     p = check_probability(Policy(), CharTokenizer(), traces, tools_for("tool_call"), limit=5)
     assert p == pytest.approx(0.25)
     assert len(seen) == 5
-    questions = {q["question"]: q for qs in world[0].values() for q in qs}
     for t, text in zip(traces, seen, strict=False):  # the prompt, every hop's call and result, the new turn's opening
-        hops = len(questions[t[1]["content"].rsplit("Question: ", 1)[1]]["metadata"]["hop_queries"])
+        hops = len(_question(world, t)["metadata"]["hop_queries"])
         assert text.endswith("<|im_start|>assistant\n<think>") and text.count("</tool_response><|im_end|>") == hops
-    assert {len(questions[t[1]["content"].rsplit("Question: ", 1)[1]]["metadata"]["hop_queries"])
+    assert {len(_question(world, t)["metadata"]["hop_queries"])
             for t in traces[:5]} != {1}  # multi-hop traces are among them
     assert check_probability(Policy(), CharTokenizer(), [t[:4] for t in traces], None) is None  # no second turn
