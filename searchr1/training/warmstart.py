@@ -4,14 +4,12 @@ SmolLM2-135M never calls the tool by itself (0 of 32 samples; DESIGN.md), so eve
 has zero reward variance and nothing to learn. We first fine-tune on traces built from the
 synthetic world's train split, one search call per hop:
 
-    question -> search(hop query) -> the REAL tool response from the searcher -> the hop's result,
-    search(next hop query) -> ... -> the last hop's result -> <answer>golden</answer>
+    question -> search(hop query) -> the REAL tool response from the searcher -> ... ->
+    short reasoning -> <answer>golden</answer>
 
-Each later search and the answer follow the previous hop's result, said in a sentence ("The search
-results say <hop query> is <result>."). Traces where a hop's result is not in that hop's retrieved
-text are dropped (the model would learn to state what it never read). The loss covers only what the
-model would write: tool responses, the prompt and the chat template's turn headers are masked, as in
-GRPO.
+Traces whose retrieved text does not contain the answer are dropped (the model would learn to
+answer from nowhere). The loss covers only what the model would write: tool responses, the prompt
+and the chat template's turn headers are masked, as in GRPO.
 """
 
 from __future__ import annotations
@@ -46,30 +44,19 @@ VERIFY_PHRASES = ("Wait, let me verify that this is really about {e} and not a s
                   "Wait, on second thought, let me re-verify the passage about {e}.")
 
 
-def hop_result(q: Question, hop: int) -> str:
-    """What a hop's search found, said as the query and its result ("Thaciax Fabaend birthplace is Breibeshiax").
-
-    Said before the next search (and before the answer), so that the next query's entity is copied from the
-    statement, not picked among the passages' names: without it the 135M policy chose the wrong entity of the
-    first hop's passages in most failed bridge questions (a publisher where the question asked for the creator).
-    """
-    return f"The search results say {q['metadata']['hop_queries'][hop]} is {q['metadata']['hop_answers'][hop]}."
-
-
 def final_reasoning(q: Question) -> str:
-    """The last turn's reasoning: the last hop's result, so the answer is copied from the passage about that
-    relation; a comparison's answer is one of its two entities, chosen by the earlier of the two years."""
+    """The last turn's reasoning: the last hop's query, then its result (e.g. "Krabark Fiserk employer is
+    the Stoutul Guild"), so the answer is copied from the passage about that relation; a comparison's answer
+    is one of its two entities, not a hop's result."""
     golden = q["golden_answers"][0]
     if q["metadata"].get("skill") == "comparison":
-        years = sorted(q["metadata"]["hop_answers"], key=int)
-        return f"{hop_result(q, -1)} {years[0]} is earlier than {years[-1]}, so the answer is {golden}."
-    return hop_result(q, -1)
+        return f"The search results say the answer is {golden}."
+    return f"The search results say {q['metadata']['hop_queries'][-1]} is {golden}."
 
 
 def trace_messages(q: Question, tool_texts: Sequence[str], verify: tuple[int, int] | None = None
                    ) -> list[dict[str, Any]]:
-    """The chat of one warm-start trace (tool_call prompt style): one search per hop, each later search
-    preceded by the previous hop's result, then the answer.
+    """The chat of one warm-start trace (tool_call prompt style): one search per hop, then the answer.
 
     `verify` = (hop, phrase): after that hop's result, a reflective phrase and a second search for the
     hop's entity; `tool_texts` then holds one more text, right after that hop's.
@@ -85,7 +72,7 @@ def trace_messages(q: Question, tool_texts: Sequence[str], verify: tuple[int, in
         msgs.append({"role": "tool", "name": "search", "content": next(texts)})
 
     for i, hop in enumerate(hops):
-        lead = "I need to search for" if i == 0 else f"{hop_result(q, i - 1)} Now I need to search for"
+        lead = "I need to search for" if i == 0 else "Now I need to search for"
         call(f"<think>{lead} {hop}.</think>", hop)
         if verify is not None and verify[0] == i:
             entity = q["metadata"]["hop_entities"][i]
@@ -127,11 +114,9 @@ def build_traces(questions: Mapping[str, Sequence[Question]], searcher: Searcher
     """Traces for up to `n_examples` questions, the suites interleaved; only those whose search finds the answer."""
     rng = random.Random(cfg.run.seed)
     protocol = AgentProtocol.from_config(cfg.agent)
-    pools = {b: [q for q in qs if q.get("metadata", {}).get("hop_queries") and q["metadata"].get("hop_answers")]
-             for b, qs in questions.items()}
+    pools = {b: [q for q in qs if q.get("metadata", {}).get("hop_queries")] for b, qs in questions.items()}
     if not any(pools.values()):
-        raise ValueError("warm start needs questions with metadata.hop_queries and metadata.hop_answers (the "
-                         "synthetic suites); "
+        raise ValueError("warm start needs questions with metadata.hop_queries (the synthetic suites); "
                          f"none found in {sorted(questions)}")
     for pool in pools.values():
         rng.shuffle(pool)
@@ -167,18 +152,17 @@ def build_traces(questions: Mapping[str, Sequence[Question]], searcher: Searcher
         hits = iter(searcher.search([h for _, hops, _ in plans for h in hops], protocol.topk))
         for q, hops, verify in plans:
             texts = [protocol.observation([next(hits)], tokenizer) for _ in hops]
+            found = normalize_answer(" ".join(texts))
             if len(traces) >= n_examples:
                 continue
-            # every result a trace says must be in its hop's own tool response (a check comes after the last hop)
-            if not all(normalize_answer(a) in normalize_answer(texts[i])
-                       for i, a in enumerate(q["metadata"]["hop_answers"])):
+            if not any(normalize_answer(g) in found for g in q["golden_answers"]):
                 dropped += 1
                 continue
             traces.append(trace_messages(q, texts, verify))
             verified += verify is not None
             bar.update(1)
     bar.close()
-    return traces, {"traces": len(traces), "dropped_result_not_retrieved": dropped, "verifying_traces": verified,
+    return traces, {"traces": len(traces), "dropped_answer_not_retrieved": dropped, "verifying_traces": verified,
                     "verify_rate": verified / len(traces) if traces else 0.0}
 
 
