@@ -2,11 +2,11 @@
 
 The tiny flow trains (warm start, then each GRPO step) and opens engines (each GRPO step's rollouts, each
 evaluated checkpoint) in one process. Baseline: the engine opened over the heap the trainer freed (the code
-before `return_freed_memory`); candidate: the same, after `return_freed_memory` (glibc's malloc_trim), as
-VLLMGenerator now does. Each round first trains `--train-steps` warm-start steps (random tokens, the traces'
-batch and length) on a fresh copy of the policy, then opens and closes one engine; rounds alternate baseline and
-candidate. A first engine (imports, first load) is opened and dropped. Prints medians and the ratio of the
-baseline's open+close to the candidate's.
+before `return_freed_memory`); candidate: the same, after `return_freed_memory` (glibc's malloc_trim), as the
+evaluation now does before each checkpoint's engine. Each round first trains `--train-steps` warm-start steps
+(random tokens, the traces' batch and length) on a fresh copy of the policy, then opens and closes one engine;
+rounds alternate baseline and candidate. A first engine (imports, first load) is opened and dropped. Prints
+medians and the ratio of the baseline's open+close to the candidate's.
 
     python benchmarks/bench_engine_after_training.py --policy <warm start>/model [--rounds 3] [--train-steps 2]
 """
@@ -49,7 +49,6 @@ def main() -> None:
     path = args.policy or resolve_policy(cfg.policy, ROOT / "artifacts")
     ws = cfg.training.warm_start
     rng = random.Random(0)
-    trim = generators.return_freed_memory
 
     def open_close() -> tuple[float, float]:
         t0 = time.perf_counter()
@@ -73,9 +72,9 @@ def main() -> None:
             del model, opt
             gc.collect()
             held = rss_gib()
-            generators.return_freed_memory = trim if label == "malloc_trim" else (lambda: None)
+            if label == "malloc_trim":
+                generators.return_freed_memory()
             times[label].append(open_close())
-            generators.return_freed_memory = trim
             print(f"{label}: held {held:.1f} GiB after training; open {times[label][-1][0]:.2f} s", flush=True)
     base = statistics.median(o + c for o, c in times["baseline (no trim)"])
     print(f"\n{'engine after training':>22} {'open s':>8} {'close s':>8} {'vs baseline':>12}")

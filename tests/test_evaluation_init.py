@@ -70,3 +70,25 @@ def test_baselines_at_init_run_only_on_the_policy_rl_starts_from(tmp_path: Path,
     header = next(line for line in md.splitlines() if line.startswith("| benchmark"))
     assert [c.strip() for c in header.strip("|").split("|")][2:5] == [
         "search_agent @ base", "search_agent @ warm-start", "search_agent @ step-000004"]
+
+
+def test_each_engine_opens_after_the_freed_heap_is_returned(tmp_path: Path, fake_models, monkeypatch):  # noqa: F811
+    """The trainers' freed heap is handed back before every checkpoint's engine (an engine opened over it took 8x
+    longer): the trim comes right before each model is loaded, and not for a checkpoint already evaluated."""
+    events: list[str] = []
+    monkeypatch.setattr(ev, "return_freed_memory", lambda: events.append("trim"))
+    opened = ev.make_generator
+
+    def make(path, *args, **kwargs):
+        events.append(str(path))
+        return opened(path, *args, **kwargs)
+
+    monkeypatch.setattr(ev, "make_generator", make)
+    ev.evaluate_checkpoints([(0, "base-folder"), (4, "ckpt-4")], {"single_hop": QUESTIONS[:3]}, KeywordSearcher(),
+                            PipelineConfig(), tmp_path, progress=False)
+    assert events == ["trim", "base-folder", "trim", "ckpt-4"]
+    events.clear()
+    ev.evaluate_checkpoints([(0, "base-folder"), (4, "ckpt-4")], {"single_hop": QUESTIONS[:3]}, KeywordSearcher(),
+                            PipelineConfig(), tmp_path, progress=False)
+    assert events == []  # resumed: nothing left to generate, no engine and no trim
+

