@@ -42,6 +42,23 @@ def test_every_answer_is_in_its_supporting_passages_and_not_in_the_question():
             assert q["question"].rstrip("?") not in evidence
 
 
+def test_each_hop_result_is_the_next_hops_entity_and_the_last_is_the_answer():
+    """metadata.hop_answers chains the hops: what hop i finds is what hop i+1 asks about, and the last hop finds the
+    answer; a comparison's hops find the two years the answer is chosen by."""
+    world = synthetic.build_world(SMALL_WORLD)
+    for skill, splits in synthetic.build_questions(world, SMALL_WORLD).items():
+        for q in splits["train"] + splits["test"]:
+            meta = q["metadata"]
+            assert len(meta["hop_answers"]) == len(meta["hop_queries"]) == len(meta["hop_entities"]), q
+            for i, query in enumerate(meta["hop_queries"]):
+                assert query.startswith(meta["hop_entities"][i] + " "), q
+            if skill == "comparison":
+                assert all(a.isdigit() for a in meta["hop_answers"]) and len(set(meta["hop_answers"])) == 2, q
+                continue
+            assert meta["hop_answers"][:-1] == meta["hop_entities"][1:], q
+            assert meta["hop_answers"][-1] == q["golden_answers"][0], q
+
+
 def test_question_split_is_by_subject_entity():
     world = synthetic.build_world(SMALL_WORLD)
     suites = synthetic.build_questions(world, SMALL_WORLD)

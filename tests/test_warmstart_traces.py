@@ -1,4 +1,5 @@
-"""Warm-start traces: one search per hop, and at a stated rate a reflective check with a second search."""
+"""Warm-start traces: what is asked, one search per hop, each hop's result, and at a stated rate a reflective
+check with a second search."""
 
 from __future__ import annotations
 
@@ -97,13 +98,60 @@ def test_namesakes_are_one_letter_apart_and_leave_the_rest_of_the_world_unchange
     assert len({p.name.lower() for p in w.people}) == len(w.people)  # still no exact duplicate
 
 
-def test_the_last_turn_names_the_last_hop_it_answers_from(world):
+def test_turns_say_what_is_asked_then_each_hops_result_and_whether_it_is_that(world):
+    """The first search says what the question asks for (its last hop's relation); each later search and the answer
+    open with the previous hop's result as it stands in that hop's tool response, then "not" the asked-for thing
+    (search on) or that it is (answer). Comparisons name the earlier year."""
+    from searchr1.rewards import normalize_answer
+
     traces, _ = _traces(world, 0.5)
+    skills = set()
     for t in traces:
         q = _question(world, t)
-        golden = q["golden_answers"][0]
-        said = ("the answer is" if q["metadata"]["skill"] == "comparison" else f"{q['metadata']['hop_queries'][-1]} is")
-        assert t[-1]["content"] == f"<think>The search results say {said} {golden}.</think>\n<answer>{golden}</answer>"
+        meta, golden = q["metadata"], q["golden_answers"][0]
+        hops, results, skills = meta["hop_queries"], meta["hop_answers"], skills | {meta["skill"]}
+        goal = "the earlier year" if meta["skill"] == "comparison" else f"the {hops[-1].split()[-1]}"
+        searches = [m["content"] for m in t if m.get("tool_calls") and not m["content"].startswith("<think>Wait")]
+        assert searches[0] == f"<think>The question asks for {goal}. I need to search for {hops[0]}.</think>"
+        for i in range(1, len(hops)):
+            assert searches[i] == (f"<think>{hops[i - 1]} is {results[i - 1]}, not {goal}. "
+                                   f"Now I need to search for {hops[i]}.</think>")
+        responses = [str(m["content"]) for m in t if m["role"] == "tool"]
+        for i, result in enumerate(results):
+            assert normalize_answer(result) in normalize_answer(responses[i])  # said only what was retrieved
+        if meta["skill"] == "comparison":
+            said = f"{min(results, key=int)} is the earlier year, so the answer is {golden}."
+        else:
+            assert results[-1] == golden
+            said = f"{goal} the question asks for."
+        assert t[-1]["content"] == f"<think>{hops[-1]} is {results[-1]}: {said}</think>\n<answer>{golden}</answer>"
+    assert skills == {"single_hop", "bridge", "comparison", "compositional"}
+
+
+def test_traces_whose_hop_result_was_not_retrieved_are_dropped(world):
+    from searchr1.rewards import normalize_answer
+
+    questions, searcher = world
+    passage = searcher.search(["nothing at all"], 1)[0][0]
+
+    class Blind:  # retrieves the same passage whatever the query
+        def search(self, queries, k):
+            return [[passage] for _ in queries]
+
+    cfg = config_from_dict({"training": {"warm_start": {"verify_rate": 0.0}}, "agent": {"max_obs_tokens": 400}})
+    traces, summary = build_traces(questions, Blind(), CharTokenizer(), cfg, 8)
+    assert summary["dropped_result_not_retrieved"] > len(traces)
+    for t in traces:  # kept only where that one passage happens to hold every result the trace says
+        assert all(normalize_answer(r) in normalize_answer(passage["document"]["contents"])
+                   for r in _question(world, t)["metadata"]["hop_answers"])
+
+
+def test_questions_without_hop_results_are_refused_by_name(world):
+    questions, searcher = world
+    bare = {b: [{**q, "metadata": {k: v for k, v in q["metadata"].items() if k != "hop_answers"}} for q in qs]
+            for b, qs in questions.items()}
+    with pytest.raises(ValueError, match="hop_answers"):
+        build_traces(bare, searcher, CharTokenizer(), config_from_dict({}), 4)
 
 
 def test_check_probability_reads_the_policy_at_the_last_hop_decision(world):

@@ -226,6 +226,7 @@ class _Q:
     answers: list[str]
     chain: list[str]  # entity ids whose passages hold the answer, in hop order
     hop_queries: list[str]
+    hop_answers: list[str]  # what each hop's search finds: the next entity's name, a year, the answer
 
 
 def _single_hop(w: World, rng: random.Random) -> _Q:
@@ -234,22 +235,24 @@ def _single_hop(w: World, rng: random.Random) -> _Q:
         p = rng.choice(w.people)
         q = rng.choice([f"Where was {p.name} born?", f"What is the birthplace of {p.name}?",
                         f"In which town or city did {p.name} come into the world?"])
-        return _Q("single_hop", p.id, q, [p.birthplace.name], [p.id], [f"{p.name} birthplace"])
+        return _Q("single_hop", p.id, q, [p.birthplace.name], [p.id], [f"{p.name} birthplace"],
+                  [p.birthplace.name])
     if kind == 1:
         p = rng.choice(w.people)
         q = rng.choice([f"Which organisation employed {p.name}?", f"Who was {p.name}'s employer?"])
-        return _Q("single_hop", p.id, q, [p.employer.name, f"the {p.employer.name}"], [p.id], [f"{p.name} employer"])
+        return _Q("single_hop", p.id, q, [p.employer.name, f"the {p.employer.name}"], [p.id], [f"{p.name} employer"],
+                  [p.employer.name])
     if kind == 2:
         o = rng.choice(w.orgs)
         q = rng.choice([f"Who founded the {o.name}?", f"Who established the {o.name}?"])
-        return _Q("single_hop", o.id, q, [o.founder.name], [o.id], [f"{o.name} founder"])
+        return _Q("single_hop", o.id, q, [o.founder.name], [o.id], [f"{o.name} founder"], [o.founder.name])
     if kind == 3:
         wk = rng.choice(w.works)
         q = rng.choice([f"Who created {wk.title}?", f"Who is the author of the {wk.kind} {wk.title}?"])
-        return _Q("single_hop", wk.id, q, [wk.creator.name], [wk.id], [f"{wk.title} creator"])
+        return _Q("single_hop", wk.id, q, [wk.creator.name], [wk.id], [f"{wk.title} creator"], [wk.creator.name])
     o = rng.choice(w.orgs)
     q = rng.choice([f"In which city is the {o.name} headquartered?", f"Where are the {o.name}'s headquarters?"])
-    return _Q("single_hop", o.id, q, [o.hq.name], [o.id], [f"{o.name} headquarters"])
+    return _Q("single_hop", o.id, q, [o.hq.name], [o.id], [f"{o.name} headquarters"], [o.hq.name])
 
 
 def _bridge(w: World, rng: random.Random) -> _Q:
@@ -260,18 +263,18 @@ def _bridge(w: World, rng: random.Random) -> _Q:
         q = rng.choice([f"Where was the creator of {wk.title} born?",
                         f"What is the birthplace of the person who made the {wk.kind} {wk.title}?"])
         return _Q("bridge", wk.id, q, [c.birthplace.name], [wk.id, c.id],
-                  [f"{wk.title} creator", f"{c.name} birthplace"])
+                  [f"{wk.title} creator", f"{c.name} birthplace"], [c.name, c.birthplace.name])
     if kind == 1:
         pub = wk.publisher
         q = rng.choice([f"Who founded the organisation that published {wk.title}?",
                         f"Who established the publisher of {wk.title}?"])
         return _Q("bridge", wk.id, q, [pub.founder.name], [wk.id, pub.id],
-                  [f"{wk.title} publisher", f"{pub.name} founder"])
+                  [f"{wk.title} publisher", f"{pub.name} founder"], [pub.name, pub.founder.name])
     c = wk.creator
     q = rng.choice([f"Which organisation employed the author of {wk.title}?",
                     f"Who was the employer of the person who created {wk.title}?"])
     return _Q("bridge", wk.id, q, [c.employer.name, f"the {c.employer.name}"], [wk.id, c.id],
-              [f"{wk.title} creator", f"{c.name} employer"])
+              [f"{wk.title} creator", f"{c.name} employer"], [c.name, c.employer.name])
 
 
 def _comparison(w: World, rng: random.Random) -> _Q:
@@ -282,7 +285,8 @@ def _comparison(w: World, rng: random.Random) -> _Q:
         q = rng.choice([f"Who was born first, {a.name} or {b.name}?",
                         f"Which of {a.name} and {b.name} is older?"])
         first = a if a.born < b.born else b
-        return _Q("comparison", a.id, q, [first.name], [a.id, b.id], [f"{a.name} born", f"{b.name} born"])
+        return _Q("comparison", a.id, q, [first.name], [a.id, b.id], [f"{a.name} born", f"{b.name} born"],
+                  [str(a.born), str(b.born)])
     a, b = rng.sample(w.orgs, 2)
     while a.founded == b.founded:
         a, b = rng.sample(w.orgs, 2)
@@ -290,7 +294,7 @@ def _comparison(w: World, rng: random.Random) -> _Q:
                     f"Which is older, the {a.name} or the {b.name}?"])
     first = a if a.founded < b.founded else b
     return _Q("comparison", a.id, q, [first.name, f"the {first.name}"], [a.id, b.id],
-              [f"{a.name} founded", f"{b.name} founded"])
+              [f"{a.name} founded", f"{b.name} founded"], [str(a.founded), str(b.founded)])
 
 
 def _compositional(w: World, rng: random.Random) -> _Q:
@@ -300,12 +304,14 @@ def _compositional(w: World, rng: random.Random) -> _Q:
         q = rng.choice([f"In which city is the organisation that employed the creator of {wk.title} based?",
                         f"Where is the headquarters of the employer of the person who made {wk.title}?"])
         return _Q("compositional", wk.id, q, [c.employer.hq.name], [wk.id, c.id, c.employer.id],
-                  [f"{wk.title} creator", f"{c.name} employer", f"{c.employer.name} headquarters"])
+                  [f"{wk.title} creator", f"{c.name} employer", f"{c.employer.name} headquarters"],
+                  [c.name, c.employer.name, c.employer.hq.name])
     pub = wk.publisher
     q = rng.choice([f"Where was the founder of the publisher of {wk.title} born?",
                     f"What is the birthplace of the person who founded the organisation that published {wk.title}?"])
     return _Q("compositional", wk.id, q, [pub.founder.birthplace.name], [wk.id, pub.id, pub.founder.id],
-              [f"{wk.title} publisher", f"{pub.name} founder", f"{pub.founder.name} birthplace"])
+              [f"{wk.title} publisher", f"{pub.name} founder", f"{pub.founder.name} birthplace"],
+              [pub.name, pub.founder.name, pub.founder.birthplace.name])
 
 
 _GENERATORS: dict[str, Callable[[World, random.Random], _Q]] = {
@@ -339,7 +345,7 @@ def build_questions(world: World, cfg: SyntheticWorldConfig) -> dict[str, dict[s
                 "id": f"{skill}-{split}-{len(rows[split])}",
                 "question": q.question,
                 "golden_answers": q.answers,
-                "metadata": {"skill": skill, "hop_queries": q.hop_queries,
+                "metadata": {"skill": skill, "hop_queries": q.hop_queries, "hop_answers": q.hop_answers,
                              "hop_entities": [name_of[eid] for eid in q.chain],  # what each hop is about
                              "supporting_ids": [pid for eid in q.chain for pid in evidence[eid]]},
             })

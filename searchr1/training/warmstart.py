@@ -4,12 +4,16 @@ SmolLM2-135M never calls the tool by itself (0 of 32 samples; DESIGN.md), so eve
 has zero reward variance and nothing to learn. We first fine-tune on traces built from the
 synthetic world's train split, one search call per hop:
 
-    question -> search(hop query) -> the REAL tool response from the searcher -> ... ->
-    short reasoning -> <answer>golden</answer>
+    question -> what the question asks for (its last hop's relation) -> search(hop query) -> the REAL
+    tool response from the searcher -> that hop's result, "not" what is asked for -> search(next hop
+    query) -> ... -> the last hop's result, what the question asks for -> <answer>golden</answer>
 
-Traces whose retrieved text does not contain the answer are dropped (the model would learn to
-answer from nowhere). The loss covers only what the model would write: tool responses, the prompt
-and the chat template's turn headers are masked, as in GRPO.
+Saying each hop's result makes the next query copy its entity from the sentence rather than pick one
+among the passages' names; saying what the question asks for first gives the choice to go on or answer
+a word to compare with (the 135M policy does not count a question's hops). Traces where a hop's result
+is not in that hop's retrieved text are dropped (the model would learn to state what it never read).
+The loss covers only what the model would write: tool responses, the prompt and the chat template's
+turn headers are masked, as in GRPO.
 """
 
 from __future__ import annotations
@@ -44,14 +48,38 @@ VERIFY_PHRASES = ("Wait, let me verify that this is really about {e} and not a s
                   "Wait, on second thought, let me re-verify the passage about {e}.")
 
 
+def hop_relation(q: Question, hop: int) -> str:
+    """The relation a hop's query asks for: the query less its entity ("Yogoth Voumil employer" -> "employer")."""
+    query, entity = q["metadata"]["hop_queries"][hop], q["metadata"]["hop_entities"][hop]
+    return query[len(entity):].strip() if query.startswith(entity) else query.split()[-1]
+
+
+def goal_phrase(q: Question) -> str:
+    """What the question asks for, in the hop queries' words: its last hop's relation ("the employer")."""
+    return "the earlier year" if q["metadata"].get("skill") == "comparison" else f"the {hop_relation(q, -1)}"
+
+
+def hop_result(q: Question, hop: int) -> str:
+    """A hop's query and what its search found ("Yogoth Voumil employer is Puteix Works")."""
+    return f"{q['metadata']['hop_queries'][hop]} is {q['metadata']['hop_answers'][hop]}"
+
+
+def search_reasoning(q: Question, hop: int) -> str:
+    """The reasoning before hop `hop`'s search: what the question asks for (first search) or the previous hop's
+    result and that it is not yet that (e.g. "X creator is Yogoth Voumil, not the employer."), then the query."""
+    query = q["metadata"]["hop_queries"][hop]
+    if hop == 0:
+        return f"The question asks for {goal_phrase(q)}. I need to search for {query}."
+    return f"{hop_result(q, hop - 1)}, not {goal_phrase(q)}. Now I need to search for {query}."
+
+
 def final_reasoning(q: Question) -> str:
-    """The last turn's reasoning: the last hop's query, then its result (e.g. "Krabark Fiserk employer is
-    the Stoutul Guild"), so the answer is copied from the passage about that relation; a comparison's answer
-    is one of its two entities, not a hop's result."""
-    golden = q["golden_answers"][0]
+    """The last turn's reasoning: the last hop's result and that it is what the question asks for; a comparison
+    names the earlier of its two years and answers with that entity."""
     if q["metadata"].get("skill") == "comparison":
-        return f"The search results say the answer is {golden}."
-    return f"The search results say {q['metadata']['hop_queries'][-1]} is {golden}."
+        early = sorted(q["metadata"]["hop_answers"], key=int)[0]
+        return f"{hop_result(q, -1)}: {early} is the earlier year, so the answer is {q['golden_answers'][0]}."
+    return f"{hop_result(q, -1)}: {goal_phrase(q)} the question asks for."
 
 
 def trace_messages(q: Question, tool_texts: Sequence[str], verify: tuple[int, int] | None = None
@@ -72,8 +100,7 @@ def trace_messages(q: Question, tool_texts: Sequence[str], verify: tuple[int, in
         msgs.append({"role": "tool", "name": "search", "content": next(texts)})
 
     for i, hop in enumerate(hops):
-        lead = "I need to search for" if i == 0 else "Now I need to search for"
-        call(f"<think>{lead} {hop}.</think>", hop)
+        call(f"<think>{search_reasoning(q, i)}</think>", hop)
         if verify is not None and verify[0] == i:
             entity = q["metadata"]["hop_entities"][i]
             call(f"<think>{VERIFY_PHRASES[verify[1]].format(e=entity)}</think>", entity)
@@ -114,9 +141,10 @@ def build_traces(questions: Mapping[str, Sequence[Question]], searcher: Searcher
     """Traces for up to `n_examples` questions, the suites interleaved; only those whose search finds the answer."""
     rng = random.Random(cfg.run.seed)
     protocol = AgentProtocol.from_config(cfg.agent)
-    pools = {b: [q for q in qs if q.get("metadata", {}).get("hop_queries")] for b, qs in questions.items()}
+    needed = ("hop_queries", "hop_answers", "hop_entities")
+    pools = {b: [q for q in qs if all(q.get("metadata", {}).get(k) for k in needed)] for b, qs in questions.items()}
     if not any(pools.values()):
-        raise ValueError("warm start needs questions with metadata.hop_queries (the synthetic suites); "
+        raise ValueError(f"warm start needs questions with metadata {', '.join(needed)} (the synthetic suites); "
                          f"none found in {sorted(questions)}")
     for pool in pools.values():
         rng.shuffle(pool)
@@ -152,17 +180,18 @@ def build_traces(questions: Mapping[str, Sequence[Question]], searcher: Searcher
         hits = iter(searcher.search([h for _, hops, _ in plans for h in hops], protocol.topk))
         for q, hops, verify in plans:
             texts = [protocol.observation([next(hits)], tokenizer) for _ in hops]
-            found = normalize_answer(" ".join(texts))
             if len(traces) >= n_examples:
                 continue
-            if not any(normalize_answer(g) in found for g in q["golden_answers"]):
+            # every result a trace says must be in its own hop's tool response (a check comes after the last hop)
+            if not all(normalize_answer(a) in normalize_answer(texts[i])
+                       for i, a in enumerate(q["metadata"]["hop_answers"])):
                 dropped += 1
                 continue
             traces.append(trace_messages(q, texts, verify))
             verified += verify is not None
             bar.update(1)
     bar.close()
-    return traces, {"traces": len(traces), "dropped_answer_not_retrieved": dropped, "verifying_traces": verified,
+    return traces, {"traces": len(traces), "dropped_result_not_retrieved": dropped, "verifying_traces": verified,
                     "verify_rate": verified / len(traces) if traces else 0.0}
 
 
