@@ -191,3 +191,27 @@ def test_the_rl_trajectory_leaves_out_the_base_only_after_a_warm_start():
     no_warm = stats.relations(cp[cp["checkpoint"] != "warm-start"], pd.DataFrame(columns=["benchmark", "ratio",
                               "score"]), empty, None, bootstrap_samples=200, min_n=3)
     assert "across_rl_checkpoints" not in no_warm  # the same points as across_checkpoints: not repeated
+
+
+def test_over_steps_plot_joins_the_rl_trajectory_and_draws_the_base_apart(tmp_path, monkeypatch):
+    """Base and warm start both sit at step 0: the checkpoints' line starts at the warm start (no vertical
+    segment from the base), and the base is its own marker."""
+    from matplotlib.axes import Axes
+
+    from searchr1.reflection import plots
+
+    drawn = []
+    real = Axes.plot
+    monkeypatch.setattr(Axes, "plot", lambda ax, x, y, *a, **k: drawn.append((list(x), list(y), k.get("label")))
+                        or real(ax, x, y, *a, **k))
+    cps = pd.DataFrame({"checkpoint": ["base", "warm-start", "step-000001", "step-000002"], "step": [0, 0, 1, 2],
+                        "ratio": [0.0, 0.3, 0.2, 0.1], "score": [0.0, 0.4, 0.45, 0.5]})
+    assert plots.plot_over_steps(cps, None, tmp_path / "over.png").stat().st_size > 0
+    line = [d for d in drawn if d[2] == "evaluated checkpoints: average EM"]
+    assert line == [([0, 1, 2], [0.4, 0.45, 0.5], "evaluated checkpoints: average EM")]
+    assert ([0], [0.0], "base (before the warm start)") in drawn
+    drawn.clear()  # without a warm start the base is where RL starts, on the line
+    plots.plot_over_steps(cps[cps.checkpoint != "warm-start"], None, tmp_path / "over2.png")
+    assert [d for d in drawn if d[2] == "evaluated checkpoints: average EM"] == [
+        ([0, 1, 2], [0.0, 0.45, 0.5], "evaluated checkpoints: average EM")]
+    assert not [d for d in drawn if d[2] and "before" in d[2]]

@@ -14,6 +14,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from searchr1.io import atomic_file
+from searchr1.reflection.stats import rl_trajectory
 
 DPI = 130
 
@@ -75,9 +76,16 @@ def plot_over_steps(checkpoints: pd.DataFrame, train_steps: pd.DataFrame | None,
         ax1.plot(ts["step"], ts["ratio"], color="tab:blue", alpha=0.45, lw=1, label="training rollouts (sampled)")
         ax2.plot(ts["step"], ts["em"], color="tab:green", alpha=0.45, lw=1, label="training EM / reward (sampled)")
     if not checkpoints.empty:
-        cp = checkpoints.sort_values("step")
+        # the line follows the RL trajectory; a base that a warm start precedes shares its step 0, so it is drawn
+        # apart rather than joined to the warm start by a vertical segment
+        cp = rl_trajectory(checkpoints).sort_values("step", kind="stable")
         ax1.plot(cp["step"], cp["ratio"], "o-", color="tab:blue", lw=2, label="evaluated checkpoints (greedy)")
         ax2.plot(cp["step"], cp["score"], "o-", color="tab:green", lw=2, label="evaluated checkpoints: average EM")
+        off = checkpoints[~checkpoints["checkpoint"].isin(cp["checkpoint"])]
+        for ax, col, color in ((ax1, "ratio", "tab:blue"), (ax2, "score", "tab:green")):
+            if not off.empty:
+                ax.plot(off["step"], off[col], "s", mfc="none", color=color, ms=8,
+                        label=", ".join(off["checkpoint"].astype(str)) + " (before the warm start)")
     if checkpoints.empty and not has_train:
         _empty(ax1, "no checkpoints and no training rollouts")
     ax1.set_ylabel("reflective ratio")
