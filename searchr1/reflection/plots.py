@@ -82,10 +82,10 @@ def plot_over_steps(checkpoints: pd.DataFrame, train_steps: pd.DataFrame | None,
         ax1.plot(cp["step"], cp["ratio"], "o-", color="tab:blue", lw=2, label="evaluated checkpoints (greedy)")
         ax2.plot(cp["step"], cp["score"], "o-", color="tab:green", lw=2, label="evaluated checkpoints: average EM")
         off = checkpoints[~checkpoints["checkpoint"].isin(cp["checkpoint"])]
-        for ax, col, color in ((ax1, "ratio", "tab:blue"), (ax2, "score", "tab:green")):
-            if not off.empty:
-                ax.plot(off["step"], off[col], "s", mfc="none", color=color, ms=8,
-                        label=", ".join(off["checkpoint"].astype(str)) + " (before the warm start)")
+        if not off.empty:
+            label = ", ".join(off["checkpoint"].astype(str)) + " (before the warm start)"
+            for ax, col, color in ((ax1, "ratio", "tab:blue"), (ax2, "score", "tab:green")):
+                ax.plot(off["step"], off[col], "s", mfc="none", color=color, ms=8, label=label)
     if checkpoints.empty and not has_train:
         _empty(ax1, "no checkpoints and no training rollouts")
     ax1.set_ylabel("reflective ratio")

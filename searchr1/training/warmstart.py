@@ -138,7 +138,8 @@ def _extend(tokenizer, ids, labels, done: str, text: str, train: bool):
 
 def build_traces(questions: Mapping[str, Sequence[Question]], searcher: Searcher, tokenizer, cfg,
                  n_examples: int) -> tuple[list[list[dict[str, Any]]], dict[str, Any]]:
-    """Traces for up to `n_examples` questions, the suites interleaved; only those whose search finds the answer."""
+    """Traces for up to `n_examples` questions, the suites interleaved; only those where every hop's search finds
+    that hop's result."""
     rng = random.Random(cfg.run.seed)
     protocol = AgentProtocol.from_config(cfg.agent)
     needed = ("hop_queries", "hop_answers", "hop_entities")
@@ -167,7 +168,7 @@ def build_traces(questions: Mapping[str, Sequence[Question]], searcher: Searcher
         for q in qs:
             hops = list(q["metadata"]["hop_queries"])
             verify = None
-            if q["metadata"].get("hop_entities") and rng.random() < verify_rate:
+            if rng.random() < verify_rate:  # every pooled question has hop_entities
                 # always one hop, the last: spread over the hops, a 50% rate is 25% at each decision point of a
                 # two-hop trace and greedy decoding never checks (measured: 0 phrases in a whole tiny run). After
                 # the last hop a check is always followed by the answer; checking the first hop put a check in
