@@ -151,9 +151,13 @@ def deviations(config: Mapping[str, Any], stages: Mapping[str, StageSummary]) ->
         if checks and ws.check_probability is not None:
             checks += (f" What the fine-tuned policy learnt of it: probability {ws.check_probability:.1%} of opening "
                        "that turn with \"Wait\" (mean over the traces' decisions after their last hop).")
+        weights = _get(config, "training.warm_start.skill_weights") or {}
+        dealt = (" Traces dealt per round of the suites: " + ", ".join(f"{s} x{w}" for s, w in sorted(weights.items()))
+                 + " (the others x1)." if weights else "")
         out.append(f"**Supervised warm start:** before GRPO the policy was fine-tuned on {_fmt(n) if n else 'some'} "
                    "worked search traces, because a model this small never calls the tool on its own and GRPO gets "
-                   f"no reward variance to learn from. Search-R1 starts RL from the instruct model directly.{checks}")
+                   f"no reward variance to learn from. Search-R1 starts RL from the instruct model directly.{checks}"
+                   f"{dealt}")
     if _get(config, "training.engine") == "trl":
         steps = _get(config, "training.grpo.steps")
         prompts = _get(config, "training.grpo.prompts_per_step")

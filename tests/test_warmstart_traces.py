@@ -83,6 +83,25 @@ def test_rate_is_a_rate(world):
     assert 0.2 < summary["verify_rate"] < 0.8
 
 
+def test_skill_weights_deal_a_suite_more_traces_and_unknown_suites_are_refused(world):
+    from collections import Counter
+
+    questions, searcher = world
+
+    def skills(weights):
+        cfg = config_from_dict({"training": {"warm_start": {"verify_rate": 0.0, "skill_weights": weights}},
+                                "agent": {"max_obs_tokens": 400}})
+        traces, _ = build_traces(questions, searcher, CharTokenizer(), cfg, 20)
+        return Counter(_question(world, t)["metadata"]["skill"] for t in traces)
+
+    even, heavy = skills({}), skills({"compositional": 3})
+    assert max(even.values()) - min(even.values()) <= 1  # one of each per round
+    assert heavy["compositional"] >= 2 * max(n for s, n in heavy.items() if s != "compositional")
+    assert sum(heavy.values()) == sum(even.values()) == 20  # the same n_examples, shared differently
+    with pytest.raises(ValueError, match=r"skill_weights names \['trivia'\]"):
+        skills({"trivia": 2})
+
+
 def test_namesakes_are_one_letter_apart_and_leave_the_rest_of_the_world_unchanged():
     plain = build_world(WORLD_CFG.model_copy(update={"namesake_fraction": 0.0}))
     w = build_world(WORLD_CFG)

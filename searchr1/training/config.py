@@ -38,6 +38,10 @@ class WarmStartConfig(Section):
     # Share of traces that check their last hop with a second search and say so in a reflective phrase ("Wait, let
     # me verify ..."): a behaviour GRPO can then raise or lower. The report states the rate used.
     verify_rate: float = Field(0.0, ge=0, le=1)
+    # Traces per round of the suites' interleave, by suite (default 1 each): {"compositional": 2} gives two
+    # three-hop traces for every one of each other suite. A suite the policy rarely solves gives GRPO only flat
+    # groups; more of its traces buys a start RL can improve, at the others' share of the fixed n_examples.
+    skill_weights: dict[str, PositiveInt] = Field(default_factory=dict)
 
     _auto_bf16 = field_validator("bf16", mode="before")(resolve_bf16)
     _prefix_check = model_validator(mode="after")(_prefix_needs_full_activations("warm_start"))

@@ -138,8 +138,8 @@ def _extend(tokenizer, ids, labels, done: str, text: str, train: bool):
 
 def build_traces(questions: Mapping[str, Sequence[Question]], searcher: Searcher, tokenizer, cfg,
                  n_examples: int) -> tuple[list[list[dict[str, Any]]], dict[str, Any]]:
-    """Traces for up to `n_examples` questions, the suites interleaved; only those where every hop's search finds
-    that hop's result."""
+    """Traces for up to `n_examples` questions, the suites interleaved (`skill_weights` of each per round); only
+    those where every hop's search finds that hop's result."""
     rng = random.Random(cfg.run.seed)
     protocol = AgentProtocol.from_config(cfg.agent)
     needed = ("hop_queries", "hop_answers", "hop_entities")
@@ -147,13 +147,18 @@ def build_traces(questions: Mapping[str, Sequence[Question]], searcher: Searcher
     if not any(pools.values()):
         raise ValueError(f"warm start needs questions with metadata {', '.join(needed)} (the synthetic suites); "
                          f"none found in {sorted(questions)}")
+    weights = cfg.training.warm_start.skill_weights
+    if unknown := sorted(set(weights) - set(pools)):
+        raise ValueError(f"training.warm_start.skill_weights names {unknown}: expected training suites, "
+                         f"some of {sorted(pools)}")
     for pool in pools.values():
         rng.shuffle(pool)
     order: list[Question] = []
     while any(pools.values()) and len(order) < 2 * n_examples:
-        for pool in pools.values():
-            if pool:
-                order.append(pool.pop())
+        for suite, pool in pools.items():
+            for _ in range(weights.get(suite, 1)):
+                if pool:
+                    order.append(pool.pop())
     # one batched searcher call per chunk of questions (a query at a time is ~50x slower with a dense encoder)
     verify_rate = cfg.training.warm_start.verify_rate
     traces: list[list[dict[str, Any]]] = []
