@@ -131,12 +131,10 @@ def test_turns_say_what_is_asked_then_each_hops_result_and_whether_it_is_that(wo
         hops, results, skills = meta["hop_queries"], meta["hop_answers"], skills | {meta["skill"]}
         goal = "the earlier year" if meta["skill"] == "comparison" else f"the {hops[-1].split()[-1]}"
         searches = [m["content"] for m in t if m.get("tool_calls") and not m["content"].startswith("<think>Wait")]
-        assert searches[0] == f"<think>The question asks for {goal}.</think>"
+        assert searches[0] == f"<think>The question asks for {goal}. I need to search for {hops[0]}.</think>"
         for i in range(1, len(hops)):
-            assert searches[i] == f"<think>{hops[i - 1]} is {results[i - 1]}, not {goal}.</think>"
-        queries = [m["tool_calls"][0]["function"]["arguments"]["query_list"] for m in t if m.get("tool_calls")
-                   and not m["content"].startswith("<think>Wait")]
-        assert queries == [[h] for h in hops]  # the query is the tool call's only
+            assert searches[i] == (f"<think>{hops[i - 1]} is {results[i - 1]}, not {goal}. "
+                                   f"Now I need to search for {hops[i]}.</think>")
         responses = [str(m["content"]) for m in t if m["role"] == "tool"]
         for i, result in enumerate(results):
             assert normalize_answer(result) in normalize_answer(responses[i])  # said only what was retrieved

@@ -66,12 +66,11 @@ def hop_result(q: Question, hop: int) -> str:
 
 def search_reasoning(q: Question, hop: int) -> str:
     """The reasoning before hop `hop`'s search: what the question asks for (first search) or the previous hop's
-    result and that it is not yet that (e.g. "X creator is Yogoth Voumil, not the employer."). The query is the
-    tool call's only: with it said first as well ("I need to search for ..."), the warm-started policy answered
-    three-hop questions after two searches (60 of 64, EM 3%; without it 38%, same average over the suites)."""
+    result and that it is not yet that (e.g. "X creator is Yogoth Voumil, not the employer."), then the query."""
+    query = q["metadata"]["hop_queries"][hop]
     if hop == 0:
-        return f"The question asks for {goal_phrase(q)}."
-    return f"{hop_result(q, hop - 1)}, not {goal_phrase(q)}."
+        return f"The question asks for {goal_phrase(q)}. I need to search for {query}."
+    return f"{hop_result(q, hop - 1)}, not {goal_phrase(q)}. Now I need to search for {query}."
 
 
 def final_reasoning(q: Question) -> str:
