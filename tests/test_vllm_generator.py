@@ -140,6 +140,37 @@ def test_seeded_sampling_repeats_its_draws_and_another_seed_draws_others(vllm_ge
 
 @pytest.mark.vllm
 @pytest.mark.slow
+def test_a_seeded_batch_whose_prompts_exceed_vllms_step_budget_samples_on_cpu(policy_path):
+    """vLLM rewinds a seeded request's generator when its prefill is split over engine steps, which a CPU generator
+    cannot do ("CPU Generator does not use offset"): GRPO's sampling engines on CPU take a whole batch's prompts in
+    one step, so 64 seeded rows sample a second turn after ~150 tokens of tool text each (past vLLM's default step
+    budget)."""
+    pytest.importorskip("vllm", reason="vLLM is not installed")
+    from searchr1.agent.protocol import AgentProtocol
+
+    gen = generators.VLLMGenerator(str(policy_path), dtype="float32", greedy=False, temperature=1.0, seed=3,
+                                   cpu_kv_cache_gib=1.0)
+    try:
+        if not gen.on_cpu:
+            pytest.skip("GPU generators can rewind")
+        proto = AgentProtocol.from_config(AgentConfig())
+        prompts = [proto.render_prompt(gen.tokenizer, q["question"]) for q in (QUESTIONS * 64)[:64]]
+        rows = gen.start(prompts)
+        default = type(gen.llm.llm_engine.vllm_config.scheduler_config).DEFAULT_MAX_NUM_BATCHED_TOKENS
+        assert sum(rows) > default  # the batch would be split under vLLM's own budget
+        gen.generate(range(64), 4, ())
+        for r in range(64):  # a second turn after distinct tool text: 64 x ~150 new tokens, none cached
+            gen.extend(r, f"\n<tool_response>\nDoc {r}: " + " ".join(f"word{r}x{i}" for i in range(40)))
+        outs = gen.generate(range(64), 4, ())
+        assert len(outs) == 64 and all(o.n_tokens >= 1 for o in outs)
+        scheduler = gen.llm.llm_engine.vllm_config.scheduler_config
+        assert scheduler.max_num_batched_tokens == generators.CPU_SEEDED_STEP_TOKENS
+    finally:
+        gen.close()
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
 def test_grpo_rollouts_by_vllm_sample_the_weights_of_their_step(policy_path, tmp_path):
     """training.grpo.rollout_generator=vllm: each step starts an engine on the trainer's current weights (step
     2 samples what step 1 trained, bit for bit), and the steps record their rollouts as the in-process
