@@ -157,7 +157,7 @@ def test_a_seeded_batch_whose_prompts_exceed_vllms_step_budget_samples_on_cpu(po
         prompts = [proto.render_prompt(gen.tokenizer, q["question"]) for q in (QUESTIONS * 64)[:64]]
         rows = gen.start(prompts)
         default = type(gen.llm.llm_engine.vllm_config.scheduler_config).DEFAULT_MAX_NUM_BATCHED_TOKENS
-        assert sum(rows) > default  # the batch would be split under vLLM's own budget
+        assert sum(rows) > default  # the prompts alone pass vLLM's own step budget (the second turn's text too)
         gen.generate(range(64), 4, ())
         for r in range(64):  # a second turn after distinct tool text: 64 x ~150 new tokens, none cached
             gen.extend(r, f"\n<tool_response>\nDoc {r}: " + " ".join(f"word{r}x{i}" for i in range(40)))

@@ -239,7 +239,7 @@ class TransformersGenerator:
         return results
 
 
-CPU_SEEDED_STEP_TOKENS = 1 << 17  # 128k prompt tokens in one engine step: ~400 rows of the tiny profile's prompt
+CPU_SEEDED_STEP_TOKENS = 1 << 17  # 128k new tokens in one engine step: ~400 rows of the tiny profile's prompt
 CPU_BLOCK_SIZE = 32  # vLLM's CPU attention wants multiples of 32; its default, 128, wastes prefix-cache hits
 
 
@@ -303,8 +303,10 @@ class VLLMGenerator:
             engine["kv_cache_memory_bytes"] = int(cpu_kv_cache_gib * (1 << 30))
             if seed is not None and not greedy:
                 # A prefill split over engine steps rewinds its request's seeded generator, which a CPU
-                # generator cannot do ("CPU Generator does not use offset", measured at 64 rows of ~330
-                # tokens): a step budget that holds a whole batch's prompts never splits them
+                # generator cannot do ("CPU Generator does not use offset", measured on the second turn of 64
+                # rows: ~150 new tokens of tool text each against vLLM's 4,096-token step): a step budget that
+                # holds a whole batch's new tokens never splits them. Decided here, at construction: a
+                # generator built greedy and switched to seeded sampling later keeps vLLM's budget
                 engine["max_num_batched_tokens"] = CPU_SEEDED_STEP_TOKENS
         else:
             engine["gpu_memory_utilization"] = gpu_memory_utilization
