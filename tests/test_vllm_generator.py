@@ -118,10 +118,15 @@ def test_vllm_rollouts_equal_the_transformers_rollouts(policy_path, vllm_generat
 @pytest.mark.slow
 def test_seeded_sampling_repeats_its_draws_and_another_seed_draws_others(vllm_generator):
     """GRPO's vLLM rollouts are seeded per (turn, row): the same seed samples the same rollouts again, even
-    with other rows beside them in the batch; another seed samples others."""
+    with other rows beside them in the batch; another seed samples others. On CPU the rows sample through the
+    engine's SeededGumbelSampler."""
     from searchr1.agent.rollout import run_agent
+    from searchr1.agent.vllm_sampling import SeededGumbelSampler
 
     gen = vllm_generator
+    if gen.on_cpu:
+        assert gen.gumbel_on_cpu
+        assert gen.llm.llm_engine.vllm_config.model_config.logits_processors == [SeededGumbelSampler]
     cfg = COMPARE_CFG.model_copy(update={"max_turns": 2, "max_new_tokens": 16})  # two turns show the per-turn seed
     try:
         gen.greedy, gen.temperature = False, 1.0
@@ -148,8 +153,10 @@ def test_a_seeded_batch_whose_prompts_exceed_vllms_step_budget_samples_on_cpu(po
     pytest.importorskip("vllm", reason="vLLM is not installed")
     from searchr1.agent.protocol import AgentProtocol
 
+    # vLLM's own seeded sampler (the project's Gumbel processor keeps vLLM's generators out; top-p < 1 still
+    # takes this path)
     gen = generators.VLLMGenerator(str(policy_path), dtype="float32", greedy=False, temperature=1.0, seed=3,
-                                   cpu_kv_cache_gib=1.0)
+                                   cpu_kv_cache_gib=1.0, gumbel_on_cpu=False)
     try:
         if not gen.on_cpu:
             pytest.skip("GPU generators can rewind")

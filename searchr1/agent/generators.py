@@ -281,7 +281,7 @@ class VLLMGenerator:
                  dtype: str = "bfloat16", trust_remote_code: bool = False, enforce_eager: bool | None = None,
                  max_model_len: int | None = None, gpu_memory_utilization: float = 0.6,
                  cpu_kv_cache_gib: float = 2.0, cpu_threads_bind: str = "all", seed: int | None = None,
-                 block_size: int | None = None, in_process: bool = True):
+                 block_size: int | None = None, in_process: bool = True, gumbel_on_cpu: bool = True):
         import os
 
         from transformers import AutoTokenizer
@@ -299,6 +299,11 @@ class VLLMGenerator:
         engine: dict[str, Any] = {} if block_size is None else {"block_size": block_size}
         if self.on_cpu:
             engine.setdefault("block_size", CPU_BLOCK_SIZE)
+            if gumbel_on_cpu:
+                from searchr1.agent.vllm_sampling import SeededGumbelSampler
+
+                # seeded sampling at greedy speed (vllm_sampling says why); greedy requests pass through it
+                engine["logits_processors"] = [SeededGumbelSampler]
             # vLLM's CPU default reserves a share of all RAM for the KV cache: size it instead
             engine["kv_cache_memory_bytes"] = int(cpu_kv_cache_gib * (1 << 30))
             if seed is not None and not greedy:
@@ -330,6 +335,7 @@ class VLLMGenerator:
                            enforce_eager=self.on_cpu if enforce_eager is None else enforce_eager, **engine)
         VLLMGenerator._in_process_open = self.in_process
         self.greedy, self.temperature, self.top_p = greedy, temperature, top_p
+        self.gumbel_on_cpu = self.on_cpu and gumbel_on_cpu  # the engine holds a SeededGumbelSampler
         # Sampling: with a seed, every (turn, row) of a batch draws from its own seeded stream, so a batch
         # samples the same tokens whatever else the engine runs; None leaves it to the engine's RNG.
         self.seed = seed
@@ -371,9 +377,16 @@ class VLLMGenerator:
                                 stop_token_ids=self.end_ids, ignore_eos=True, **sampling)
         per_row: SamplingParams | list[SamplingParams] = params
         if self.seed is not None and not self.greedy:
-            per_row = [params.clone() for _ in rows]
-            for r, p in zip(rows, per_row, strict=True):
-                p.seed = zlib.crc32(f"{self.seed}/{self._turn}/{r}".encode())
+            seeds = [zlib.crc32(f"{self.seed}/{self._turn}/{r}".encode()) for r in rows]
+            # the engine's SeededGumbelSampler draws; vLLM's own sampler off CPU (fast there) or under top-p
+            if self.gumbel_on_cpu and self.top_p == 1.0:
+                from searchr1.agent.vllm_sampling import gumbel_params
+
+                per_row = [gumbel_params(params, s, self.temperature) for s in seeds]
+            else:
+                per_row = [params.clone() for _ in rows]
+                for p, s in zip(per_row, seeds, strict=True):
+                    p.seed = s
         self._turn += 1
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=self.history[r]) for r in rows], per_row,
                                  use_tqdm=False)
