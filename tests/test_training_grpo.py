@@ -137,8 +137,10 @@ def test_train_kill_resume_continues_the_step_series(policy, tmp_path):
     assert [s for s, _ in list_checkpoints(work)] == [1]
     for key in ("reward/mean", "reward/std", "em", "kl", "search/calls_per_rollout",
                 "search/invalid_calls_per_rollout", "reflection/ratio", "perf/tokens_per_s",
-                "perf/seconds_per_step", "response/length_mean"):
+                "perf/seconds_per_step", "response/length_mean", "response/budget_stop_ratio"):
         assert key in series[-1][1], key
+    assert 0 <= series[-1][1]["response/budget_stop_ratio"] <= 1
+    assert "response/clipped_ratio" not in series[-1][1]  # TRL's: 1.0 whenever a rollout ends on "</answer>"
     ck = list_checkpoints(work)[-1][1]
     for name in ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "tokenizer_config.json"):
         assert (ck / name).is_file(), name

@@ -198,6 +198,7 @@ def step_metrics(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         "search/invalid_calls_per_rollout": sum(r["invalid_calls"] for r in rows) / n,
         "answer_rate": sum(r["prediction"] != "" for r in rows) / n,
         "response/gen_tokens": statistics.mean(r["gen_tokens"] for r in rows),
+        "response/budget_stop_ratio": sum(r["stop_reason"] == "max_tokens" for r in rows) / n,
         "reflection/ratio": reflective_ratio([r["segments"] for r in rows]),
     }
 
@@ -260,7 +261,9 @@ def _trainer_classes():
         RENAME = {"reward": "reward/mean", "reward_std": "reward/std", "kl": "kl", "loss": "loss",
                   "entropy": "entropy", "learning_rate": "lr", "frac_reward_zero_std": "reward/frac_zero_std_groups",
                   "completions/mean_length": "response/length_mean", "completions/max_length": "response/length_max",
-                  "completions/clipped_ratio": "response/clipped_ratio", "grad_norm": "grad_norm"}
+                  "grad_norm": "grad_norm"}
+        # not TRL's completions/clipped_ratio: it counts a completion as clipped unless its last token is an end
+        # token, and a rollout ends on "</answer>" (1.0 at every step); step_metrics counts the budget's stops
 
         def __init__(self, reward: SearchR1Reward, log_metrics: MetricsLogger):
             self.reward, self.log_metrics = reward, log_metrics
