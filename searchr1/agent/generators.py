@@ -310,8 +310,9 @@ class VLLMGenerator:
                 # A prefill split over engine steps rewinds its request's seeded generator, which a CPU
                 # generator cannot do ("CPU Generator does not use offset", measured on the second turn of 64
                 # rows: ~150 new tokens of tool text each against vLLM's 4,096-token step): a step budget that
-                # holds a whole batch's new tokens never splits them. Decided here, at construction: a
-                # generator built greedy and switched to seeded sampling later keeps vLLM's budget
+                # holds a whole batch's new tokens never splits them. Only vLLM's own seeded sampler needs it
+                # (top-p < 1, or gumbel_on_cpu off): SeededGumbelSampler's generators are not vLLM's. Kept for
+                # every seeded engine: the tiny run's rollouts were measured with it
                 engine["max_num_batched_tokens"] = CPU_SEEDED_STEP_TOKENS
         else:
             engine["gpu_memory_utilization"] = gpu_memory_utilization
