@@ -302,7 +302,7 @@ class VLLMGenerator:
             if gumbel_on_cpu:
                 from searchr1.agent.vllm_sampling import SeededGumbelSampler
 
-                # seeded sampling at greedy speed (vllm_sampling says why); greedy requests pass through it
+                # seeded sampling without vLLM's slow CPU noise draw (vllm_sampling); greedy requests pass through
                 engine["logits_processors"] = [SeededGumbelSampler]
             # vLLM's CPU default reserves a share of all RAM for the KV cache: size it instead
             engine["kv_cache_memory_bytes"] = int(cpu_kv_cache_gib * (1 << 30))
