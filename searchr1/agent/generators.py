@@ -299,11 +299,6 @@ class VLLMGenerator:
         engine: dict[str, Any] = {} if block_size is None else {"block_size": block_size}
         if self.on_cpu:
             engine.setdefault("block_size", CPU_BLOCK_SIZE)
-            if gumbel_on_cpu:
-                from searchr1.agent.vllm_sampling import SeededGumbelSampler
-
-                # seeded sampling without vLLM's slow CPU noise draw (vllm_sampling); greedy requests pass through
-                engine["logits_processors"] = [SeededGumbelSampler]
             # vLLM's CPU default reserves a share of all RAM for the KV cache: size it instead
             engine["kv_cache_memory_bytes"] = int(cpu_kv_cache_gib * (1 << 30))
             if seed is not None and not greedy:
@@ -325,6 +320,12 @@ class VLLMGenerator:
         # engine processes it spawns, and an in-process worker seeds the RNGs and replaces
         # torch.set_num_threads: _CallerState puts all of it back once the engine runs.
         with _CallerState():
+            if self.on_cpu and gumbel_on_cpu:
+                # imported in here: importing vLLM's logits-processor package draws from python's RNG
+                from searchr1.agent.vllm_sampling import SeededGumbelSampler
+
+                # seeded sampling without vLLM's slow CPU noise draw (vllm_sampling); greedy requests pass through
+                engine["logits_processors"] = [SeededGumbelSampler]
             if self.in_process:
                 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
             elif self.on_cpu:  # the worker process's OpenMP threads; a user's own value wins
