@@ -296,6 +296,7 @@ class VLLMGenerator:
                                "run engines side by side in vLLM's own processes")
         self.on_cpu = current_platform.is_cpu()
         self.in_process = in_process and self.on_cpu
+        self.gumbel_on_cpu = self.on_cpu and gumbel_on_cpu  # the engine holds a SeededGumbelSampler
         engine: dict[str, Any] = {} if block_size is None else {"block_size": block_size}
         if self.on_cpu:
             engine.setdefault("block_size", CPU_BLOCK_SIZE)
@@ -320,7 +321,7 @@ class VLLMGenerator:
         # engine processes it spawns, and an in-process worker seeds the RNGs and replaces
         # torch.set_num_threads: _CallerState puts all of it back once the engine runs.
         with _CallerState():
-            if self.on_cpu and gumbel_on_cpu:
+            if self.gumbel_on_cpu:
                 # imported in here: importing vLLM's logits-processor package draws from python's RNG
                 from searchr1.agent.vllm_sampling import SeededGumbelSampler
 
@@ -337,7 +338,6 @@ class VLLMGenerator:
                            enforce_eager=self.on_cpu if enforce_eager is None else enforce_eager, **engine)
         VLLMGenerator._in_process_open = self.in_process
         self.greedy, self.temperature, self.top_p = greedy, temperature, top_p
-        self.gumbel_on_cpu = self.on_cpu and gumbel_on_cpu  # the engine holds a SeededGumbelSampler
         # Sampling: with a seed, every (turn, row) of a batch draws from its own seeded stream, so a batch
         # samples the same tokens whatever else the engine runs; None leaves it to the engine's RNG.
         self.seed = seed
