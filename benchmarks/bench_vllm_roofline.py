@@ -29,14 +29,37 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+def head_shape(config) -> tuple[int, int]:
+    """(head_dim, kv heads) of an HF decoder config; configs without them use hidden / heads and full MHA."""
+    heads = config.num_attention_heads
+    return (getattr(config, "head_dim", None) or config.hidden_size // heads,
+            getattr(config, "num_key_value_heads", None) or heads)
+
+
 def projection_shapes(config) -> tuple[list[tuple[int, int]], tuple[int, int], int]:
     """((in, out) of one decoder layer's projections as vLLM fuses them, the LM head's (in, out), layers)."""
     h, i = config.hidden_size, config.intermediate_size
     heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or h // heads
-    kv = getattr(config, "num_key_value_heads", heads) * head_dim
+    head_dim, kv_heads = head_shape(config)
+    kv = kv_heads * head_dim
     layer = [(h, heads * head_dim + 2 * kv), (heads * head_dim, h), (h, 2 * i), (i, h)]
     return layer, (h, config.vocab_size), config.num_hidden_layers
+
+
+def kv_bytes_per_token(config, dtype_bytes: int) -> int:
+    """Bytes of KV cache one token holds: a key and a value per layer and kv head."""
+    head_dim, kv_heads = head_shape(config)
+    return 2 * config.num_hidden_layers * kv_heads * head_dim * dtype_bytes
+
+
+def parse_contexts(text: str) -> list[int]:
+    try:
+        contexts = [int(c) for c in text.split(",")]
+    except ValueError:
+        contexts = []
+    if not contexts or min(contexts) < 1:
+        raise SystemExit(f"--contexts {text!r}: expected positive token counts, comma-separated (e.g. 64,384)")
+    return contexts
 
 
 def gemm_seconds(shapes: list[tuple[int, int]], rows: int, dtype, repeats: int) -> float:
@@ -74,13 +97,23 @@ def main() -> None:
     import torch
     from transformers import AutoConfig
 
-    from searchr1.agent.generators import VLLMGenerator
+    from searchr1.agent.generators import CPU_BLOCK_SIZE, VLLMGenerator
     from searchr1.config import PolicyConfig
     from searchr1.models import resolve_policy
 
+    for name in ("rows", "decode", "prefill_chunk", "repeats"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name.replace('_', '-')} {getattr(args, name)}: expected a positive integer")
+    contexts = parse_contexts(args.contexts)
     path = args.policy or resolve_policy(PolicyConfig(), Path("artifacts"))
-    contexts = [int(c) for c in args.contexts.split(",")]
-    layer, head, n_layers = projection_shapes(AutoConfig.from_pretrained(path))
+    config = AutoConfig.from_pretrained(path)
+    row_tokens = -(-(max(contexts) + args.decode + 1) // CPU_BLOCK_SIZE) * CPU_BLOCK_SIZE  # whole KV blocks
+    need = args.rows * row_tokens * kv_bytes_per_token(config, 2 if args.dtype == "bfloat16" else 4)
+    if need > args.kv_cache_gib * (1 << 30):
+        # a cache that cannot hold every row preempts and recomputes: the rates would measure that instead
+        raise SystemExit(f"--kv-cache-gib {args.kv_cache_gib:g}: {args.rows} rows of {row_tokens} tokens need "
+                         f"{need / (1 << 30):.2f} GiB; raise it or lower --rows / --contexts")
+    layer, head, n_layers = projection_shapes(config)
     flops_prefill = 2 * n_layers * sum(k * n for k, n in layer)  # a token's projections
     flops_decode = flops_prefill + 2 * head[0] * head[1]  # ... and the LM head
     dtype = getattr(torch, args.dtype)
