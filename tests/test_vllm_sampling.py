@@ -70,17 +70,23 @@ def test_gumbel_params_make_the_engine_decode_greedily_and_hand_the_draw_to_the_
     assert callable(processor.new_req_logits_processor(p)) and not processor.is_argmax_invariant()
 
 
-class _RecordingLLM:
-    """Stands in for vllm.LLM: records the per-row SamplingParams of a generate call, answers an end token."""
+class _RecordingEngine:
+    """Stands in for vLLM's engine: records each request's SamplingParams; a step ends every request on an end
+    token."""
 
     def __init__(self, end_id: int):
-        self.params, self.end_id = None, end_id
+        self.params, self.end_id, self._waiting = [], end_id, []
 
-    def generate(self, prompts, params, use_tqdm=False):
+    def add_request(self, request_id, prompt, params):
+        self.params.append(params)
+        self._waiting.append(request_id)
+
+    def step(self):
         from types import SimpleNamespace
 
-        self.params = params
-        return [SimpleNamespace(outputs=[SimpleNamespace(token_ids=[self.end_id])]) for _ in prompts]
+        done, self._waiting = self._waiting, []
+        return [SimpleNamespace(request_id=rid, finished=True, outputs=[SimpleNamespace(token_ids=[self.end_id])])
+                for rid in done]
 
 
 @pytest.mark.parametrize(("on_cpu", "top_p", "gumbel"), [(True, 1.0, True), (True, 0.9, False), (False, 1.0, False)])
@@ -92,11 +98,13 @@ def test_seeded_rows_sample_through_the_processor_only_on_cpu_without_top_p(on_c
 
     gen = VLLMGenerator.__new__(VLLMGenerator)  # the per-row params alone: no engine
     tok = SimpleNamespace(batch_decode=lambda ids: ["<e>" for _ in ids], decode=lambda ids, **kw: "")
-    gen.tokenizer, gen.end_ids, gen.llm = tok, [0], _RecordingLLM(0)
+    engine = _RecordingEngine(0)
+    gen.tokenizer, gen.end_ids, gen.llm = tok, [0], SimpleNamespace(llm_engine=engine)
     gen.greedy, gen.temperature, gen.top_p, gen.seed, gen.gumbel_on_cpu = False, 1.0, top_p, 3, on_cpu
-    gen.history, gen.generated, gen.prompt_len, gen._turn = [[5], [6]], [[0], [0]], [1, 1], 0
+    gen.history, gen.generated, gen.prompt_len = [[5], [6]], [[0], [0]], [1, 1]
+    gen._turns, gen._running, gen._batch = [0, 0], {}, 1
     gen.generate([0, 1], 4, ())
-    rows = gen.llm.params
+    rows = engine.params
     seeds = [(p.extra_args or {}).get(SEED_KEY) if gumbel else p.seed for p in rows]
     assert all(isinstance(s, int) for s in seeds) and seeds[0] != seeds[1]  # each row its own stream
     assert all((p.temperature == 0.0) == gumbel and (p.seed is None) == gumbel for p in rows)

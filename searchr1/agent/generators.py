@@ -5,6 +5,13 @@ A generator holds a batch of conversations ("rows"). `start` opens them with the
 row before its next turn. The transformers backend keeps the KV cache between turns: only the
 new tool text and the new turn are computed, not the whole history again (the seed's loop
 re-encodes everything each turn). The vLLM backend relies on vLLM's own prefix caching.
+
+The rollout loop drives a generator as a turn stream (`TurnStream`): `submit` a row's next turn,
+`step` until turns end. vLLM streams natively: each engine step returns the turns that ended in
+it, so a row whose turn ended is searched and sent back while the others still decode and the
+batch stays full (continuous batching across turns, as verl's agent loop does). Any other
+generator is streamed by `BatchedTurns`: a step generates every submitted row together, which
+is the turn-synchronous loop.
 """
 
 from __future__ import annotations
@@ -35,6 +42,70 @@ class Generator(Protocol):
     def extend(self, row: int, text: str) -> int: ...
 
     def completion(self, row: int) -> tuple[list[int], list[int]]: ...
+
+
+class TurnStream(Protocol):
+    """A generator's rows driven turn by turn: `submit` queues a row's next turn, `step` advances and returns
+    the (row, output) of the turns that ended, in row order; `busy` while any submitted turn has not ended."""
+
+    tokenizer: Any
+
+    def start(self, prompts: Sequence[str]) -> list[int]: ...
+
+    def submit(self, row: int, max_new_tokens: int, stop: Sequence[str]) -> None: ...
+
+    def step(self) -> list[tuple[int, TurnOutput]]: ...
+
+    @property
+    def busy(self) -> bool: ...
+
+    def extend(self, row: int, text: str) -> int: ...
+
+    def completion(self, row: int) -> tuple[list[int], list[int]]: ...
+
+
+class BatchedTurns:
+    """A turn stream over a batch generator: a step generates every submitted row in one `generate` call (all
+    with the same budget and stop strings), so rows move turn by turn together."""
+
+    def __init__(self, generator: Generator):
+        self.generator, self.tokenizer = generator, generator.tokenizer
+        self._queued: list[int] = []
+        self._turn: tuple[int, tuple[str, ...]] | None = None
+
+    def start(self, prompts: Sequence[str]) -> list[int]:
+        self._queued, self._turn = [], None
+        return self.generator.start(prompts)
+
+    def submit(self, row: int, max_new_tokens: int, stop: Sequence[str]) -> None:
+        turn = (max_new_tokens, tuple(stop))
+        if self._queued and turn != self._turn:
+            raise ValueError(f"row {row}: a batched step needs one token budget and stop set for all its rows, "
+                             f"got {turn} beside {self._turn}")
+        self._queued.append(row)
+        self._turn = turn
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._queued)
+
+    def step(self) -> list[tuple[int, TurnOutput]]:
+        if not self._queued:
+            return []
+        rows, (max_new_tokens, stop) = sorted(self._queued), self._turn
+        self._queued = []
+        return list(zip(rows, self.generator.generate(rows, max_new_tokens, stop), strict=True))
+
+    def extend(self, row: int, text: str) -> int:
+        return self.generator.extend(row, text)
+
+    def completion(self, row: int) -> tuple[list[int], list[int]]:
+        return self.generator.completion(row)
+
+
+def turn_stream(generator: Generator | TurnStream) -> TurnStream:
+    """The generator itself where it streams turns (vLLM), else its rows batched turn by turn."""
+    return generator if hasattr(generator, "submit") else BatchedTurns(generator)  # type: ignore[return-value]
 
 
 def end_token_ids(model: Any, tokenizer: Any) -> list[int]:
@@ -345,16 +416,21 @@ class VLLMGenerator:
         self.history: list[list[int]] = []
         self.generated: list[list[int]] = []
         self.prompt_len: list[int] = []
-        self._turn = 0
+        self._turns: list[int] = []  # turns each row has been sent: its next turn's seed
+        self._running: dict[str, tuple[int, int, tuple[str, ...]]] = {}  # request id -> (row, budget, stop)
+        self._batch = 0  # request ids stay unique across batches (the prefix cache outlives them)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def start(self, prompts: Sequence[str]) -> list[int]:
+        if self._running:
+            raise RuntimeError(f"start() with {len(self._running)} turns still running: step until not busy")
         self.history = [self.encode(p) for p in prompts]
         self.prompt_len = [len(h) for h in self.history]
         self.generated = [[0] * n for n in self.prompt_len]
-        self._turn = 0
+        self._turns = [0] * len(prompts)
+        self._batch += 1
         return list(self.prompt_len)
 
     def extend(self, row: int, text: str) -> int:
@@ -368,41 +444,71 @@ class VLLMGenerator:
         n = last + 1  # trailing tool text that no turn followed is not part of the completion
         return completion_of(self.history[row][:n], self.generated[row][:n], self.prompt_len[row])
 
-    def generate(self, rows: Sequence[int], max_new_tokens: int, stop: Sequence[str]) -> list[TurnOutput]:
-        from vllm import SamplingParams, TokensPrompt
+    def _params(self, row: int, max_new_tokens: int, stop: Sequence[str]) -> Any:
+        """The sampling parameters of the row's next turn: greedy, or seeded by (seed, the row's turn, row)."""
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
 
         sampling = {"temperature": 0.0} if self.greedy else {"temperature": self.temperature, "top_p": self.top_p,
                                                               "top_k": 0}
         # ignore_eos: stop on end_ids only, as transformers does (vLLM would also stop on the tokenizer's
-        # eos_token, which for the converted SmolLM2 is <|im_start|>)
+        # eos_token, which for the converted SmolLM2 is <|im_start|>); FINAL_ONLY: a step reports ended turns only
         params = SamplingParams(max_tokens=max_new_tokens, stop=list(stop), include_stop_str_in_output=True,
-                                stop_token_ids=self.end_ids, ignore_eos=True, **sampling)
-        per_row: SamplingParams | list[SamplingParams] = params
-        if self.seed is not None and not self.greedy:
-            seeds = [zlib.crc32(f"{self.seed}/{self._turn}/{r}".encode()) for r in rows]
-            # the engine's SeededGumbelSampler draws; vLLM's own sampler off CPU (fast there) or under top-p
-            if self.gumbel_on_cpu and self.top_p == 1.0:
-                from searchr1.agent.vllm_sampling import gumbel_params
+                                stop_token_ids=self.end_ids, ignore_eos=True,
+                                output_kind=RequestOutputKind.FINAL_ONLY, **sampling)
+        if self.seed is None or self.greedy:
+            return params
+        # every (turn, row) draws from its own stream: a row samples the same tokens whatever else the engine runs
+        seed = zlib.crc32(f"{self.seed}/{self._turns[row]}/{row}".encode())
+        if self.gumbel_on_cpu and self.top_p == 1.0:  # the engine's SeededGumbelSampler draws
+            from searchr1.agent.vllm_sampling import gumbel_params
 
-                per_row = [gumbel_params(params, s, self.temperature) for s in seeds]
-            else:
-                per_row = [params.clone() for _ in rows]
-                for p, s in zip(per_row, seeds, strict=True):
-                    p.seed = s
-        self._turn += 1
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=self.history[r]) for r in rows], per_row,
-                                 use_tqdm=False)
-        results = []
-        for r, out in zip(rows, outs, strict=True):
-            tokens = list(out.outputs[0].token_ids)
-            # vLLM already stopped there; cutting again keeps the transformers generator's exact rule
-            n, eos = cut_turn(tokens, self.tokenizer.batch_decode([[t] for t in tokens]), self.end_ids, stop)
-            kept = tokens[:n]
-            self.history[r] += kept
-            self.generated[r] += [1] * n
-            text = self.tokenizer.decode(kept, skip_special_tokens=True)
-            results.append(TurnOutput(text, n, eos, hit_limit=(n == max_new_tokens and not eos)))
-        return results
+            return gumbel_params(params, seed, self.temperature)
+        params.seed = seed  # vLLM's own sampler: off CPU (fast there) or under top-p
+        return params
+
+    def submit(self, row: int, max_new_tokens: int, stop: Sequence[str]) -> None:
+        from vllm import TokensPrompt
+
+        params = self._params(row, max_new_tokens, stop)
+        request_id = f"{self._batch}-{row}-{self._turns[row]}"
+        self._turns[row] += 1
+        self.llm.llm_engine.add_request(request_id, TokensPrompt(prompt_token_ids=list(self.history[row])), params)
+        self._running[request_id] = (row, max_new_tokens, tuple(stop))
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._running)
+
+    def step(self) -> list[tuple[int, TurnOutput]]:
+        """One engine step; the turns that ended in it, in row order."""
+        ended = []
+        for out in self.llm.llm_engine.step():
+            if not out.finished:
+                continue
+            row, max_new_tokens, stop = self._running.pop(out.request_id)
+            ended.append((row, self._end_turn(row, list(out.outputs[0].token_ids), max_new_tokens, stop)))
+        return sorted(ended, key=lambda pair: pair[0])
+
+    def _end_turn(self, row: int, tokens: list[int], max_new_tokens: int, stop: Sequence[str]) -> TurnOutput:
+        # vLLM already stopped there; cutting again keeps the transformers generator's exact rule
+        n, eos = cut_turn(tokens, self.tokenizer.batch_decode([[t] for t in tokens]), self.end_ids, stop)
+        kept = tokens[:n]
+        self.history[row] += kept
+        self.generated[row] += [1] * n
+        text = self.tokenizer.decode(kept, skip_special_tokens=True)
+        return TurnOutput(text, n, eos, hit_limit=(n == max_new_tokens and not eos))
+
+    def generate(self, rows: Sequence[int], max_new_tokens: int, stop: Sequence[str]) -> list[TurnOutput]:
+        """One turn of every row in `rows`, together (the baselines' single turn)."""
+        if self._running:
+            raise RuntimeError(f"generate() with {len(self._running)} turns still running: step until not busy")
+        for r in rows:
+            self.submit(r, max_new_tokens, stop)
+        ended: dict[int, TurnOutput] = {}
+        while self._running:
+            ended.update(self.step())
+        return [ended[r] for r in rows]
 
     def close(self) -> None:
         """Stop the engine now and free its KV cache (its processes, or in process its worker and the

@@ -1,8 +1,10 @@
 """The batched multi-turn search-agent loop, and the single-turn baselines.
 
-One loop, Search-R1 style: every active question of a batch generates a turn together; the
-ones that called the search tool get the passages appended (top-k, truncated to a token
-budget) and go on; the ones that answered (or did nothing, or ran out of budget) leave.
+One loop, Search-R1 style: a question's turn ends; if it called the search tool it gets the
+passages appended (top-k, truncated to a token budget) and its next turn is submitted; if it
+answered (or did nothing, or ran out of budget) it leaves. The generator decides how turns are
+batched (`turn_stream`): vLLM keeps the batch full by taking a row's next turn while the others
+still decode; the transformers loop moves all rows turn by turn together.
 Each rollout is kept whole: who wrote each segment, the queries, the doc ids, token counts,
 and why it stopped.
 """
@@ -17,7 +19,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from searchr1.agent.config import AgentConfig
-from searchr1.agent.generators import Generator
+from searchr1.agent.generators import Generator, TurnStream, turn_stream
 from searchr1.agent.prompts import baseline_messages
 from searchr1.agent.protocol import AgentProtocol
 from searchr1.agent.trace import Question, Segment, StopReason, model_text
@@ -69,24 +71,24 @@ def render_prompt(tokenizer: Any, messages: list[dict[str, str]], tools: list | 
     return tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
 
 
-def run_agent(questions: Sequence[Question], generator: Generator, searcher: Searcher, cfg: AgentConfig,
-              *, progress: bool = True, desc: str = "rollouts") -> list[Rollout]:
+def run_agent(questions: Sequence[Question], generator: Generator | TurnStream, searcher: Searcher,
+              cfg: AgentConfig, *, progress: bool = True, desc: str = "rollouts") -> list[Rollout]:
     """Search-agent rollouts for all questions, `cfg.batch_size` at a time, under the agent protocol."""
     proto = AgentProtocol.from_config(cfg)
-    tok = generator.tokenizer
+    stream = turn_stream(generator)
+    tok = stream.tokenizer
     rollouts = [Rollout(q, proto.render_prompt(tok, q["question"])) for q in questions]
     bar = tqdm(total=len(rollouts), desc=desc, disable=not progress)
     for lo in range(0, len(rollouts), cfg.batch_size):
         batch = rollouts[lo:lo + cfg.batch_size]
-        generator.start([r.prompt for r in batch])
-        active = list(range(len(batch)))
-        for turn in range(cfg.max_turns):
-            if not active:
-                break
-            outs = generator.generate(active, cfg.max_new_tokens, proto.stop_strings)
+        stream.start([r.prompt for r in batch])
+        for row in range(len(batch)):
+            stream.submit(row, cfg.max_new_tokens, proto.stop_strings)
+        while stream.busy:
             searching: list[tuple[int, list[str], bool]] = []
-            for row, out in zip(active, outs, strict=True):
+            for row, out in stream.step():
                 ro = batch[row]
+                turn = ro.turns  # 0-based: this turn's index
                 ro.turns += 1
                 ro.gen_tokens += out.n_tokens
                 ro.response_tokens += out.n_tokens
@@ -100,10 +102,12 @@ def run_agent(questions: Sequence[Question], generator: Generator, searcher: Sea
                     searching.append((row, parsed.queries, out.ended_with_eos))
                 elif decision == "retry":  # Search-R1 tells the model its action was invalid and goes on
                     ro.segments.append({"role": "tool", "text": proto.invalid_action_hint})
-                    ro.response_tokens += generator.extend(row, proto.invalid_action_hint)
+                    ro.response_tokens += stream.extend(row, proto.invalid_action_hint)
+                    stream.submit(row, cfg.max_new_tokens, proto.stop_strings)
                 else:
                     ro.stop_reason = decision
-            if searching:
+                    bar.update(1)
+            if searching:  # the rows whose turns ended in this step search together
                 flat = [q for _, qs, _ in searching for q in qs]
                 hits = searcher.search(flat, cfg.topk)
                 pos = 0
@@ -114,13 +118,10 @@ def run_agent(questions: Sequence[Question], generator: Generator, searcher: Sea
                     ro.doc_ids.extend(str(h["document"]["id"]) for hs in mine for h in hs)
                     shown, fed = proto.tool_text(tok, proto.observation(mine, tok), ended_with_eos)
                     ro.segments.append({"role": "tool", "text": shown})
-                    ro.response_tokens += generator.extend(row, fed)
-            active = [row for row in active if batch[row].stop_reason is None]
+                    ro.response_tokens += stream.extend(row, fed)
+                    stream.submit(row, cfg.max_new_tokens, proto.stop_strings)
         for row, ro in enumerate(batch):
-            if ro.stop_reason is None:
-                ro.stop_reason = "max_turns"
-            ro.completion_ids, ro.completion_mask = generator.completion(row)
-        bar.update(len(batch))
+            ro.completion_ids, ro.completion_mask = stream.completion(row)
     bar.close()
     return rollouts
 
