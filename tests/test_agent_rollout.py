@@ -4,7 +4,7 @@ import pytest
 from test_agent_fixtures import QUESTIONS, CharTokenizer, KeywordSearcher, ScriptedGenerator
 
 from searchr1.agent.config import AgentConfig
-from searchr1.agent.generators import cut_turn
+from searchr1.agent.generators import BatchedTurns, TurnOutput, cut_turn
 from searchr1.agent.prompts import SEARCH_R1_INVALID
 from searchr1.agent.protocol import tool_glue
 from searchr1.agent.rollout import run_agent, run_baseline
@@ -31,6 +31,59 @@ def test_search_then_answer_rollout_is_kept_whole():
     assert first.response == "".join(s["text"] for s in first.segments)
     # the generator saw the template's tool glue without a second <|im_end|> (the model ended its turn)
     assert "<|im_end|><|im_end|>" not in gen.history[0]
+
+
+class StaggeredStream(ScriptedGenerator):
+    """A turn stream like vLLM's: row r's turn t ends (r + t) % 3 + 1 steps after it was submitted, so rows finish
+    turns at different steps and the slow rows of one turn are not those of the next; it records, per step, which
+    rows were running."""
+
+    def __init__(self, script=None):
+        super().__init__(*(() if script is None else (script,)))
+        self.running: dict[int, int] = {}  # row -> steps left
+        self.log: list[tuple[int, ...]] = []
+
+    def start(self, prompts):
+        assert not self.running
+        return super().start(prompts)
+
+    def submit(self, row, max_new_tokens, stop):
+        assert row not in self.running
+        self.running[row] = (row + self.turn[row]) % 3 + 1
+        self._budget = max_new_tokens
+
+    @property
+    def busy(self):
+        return bool(self.running)
+
+    def step(self) -> list[tuple[int, TurnOutput]]:
+        self.log.append(tuple(sorted(self.running)))
+        ended = sorted(r for r in self.running if self.running[r] == 1)
+        for r in self.running:
+            self.running[r] -= 1
+        for r in ended:
+            del self.running[r]
+        return [(r, out) for r, out in zip(ended, ScriptedGenerator.generate(self, ended, self._budget, ()),
+                                           strict=True)] if ended else []
+
+
+def test_a_streaming_generator_takes_a_rows_next_turn_while_others_decode_and_gives_the_same_rollouts():
+    """Continuous batching across turns (vLLM) and the turn-synchronous loop (`BatchedTurns`) run the same rules:
+    the same rollouts, searches and completions; only when each row's next turn starts differs."""
+    cfg = AgentConfig(batch_size=6, topk=2, max_new_tokens=400, max_obs_tokens=10_000)
+    stream, searcher = StaggeredStream(), KeywordSearcher()
+    got = run_agent(QUESTIONS[:6], stream, searcher, cfg, progress=False)
+    ref = run_agent(QUESTIONS[:6], BatchedTurns(ScriptedGenerator()), KeywordSearcher(), cfg, progress=False)
+    for a, b in zip(got, ref, strict=True):
+        assert (a.segments, a.queries, a.doc_ids, a.turns, a.stop_reason) == (b.segments, b.queries, b.doc_ids,
+                                                                                b.turns, b.stop_reason)
+        assert (a.completion_ids, a.completion_mask) == (b.completion_ids, b.completion_mask)
+    # rows 0 and 3 end their first turn at step 1 and are running their second at step 2, beside rows still
+    # in their first turn
+    assert stream.log[0] == (0, 1, 2, 3, 4, 5) and stream.log[1] == (0, 1, 2, 3, 4, 5)
+    # two turns of 3 steps each for the turn-synchronous loop; here no row takes more than 5 (rows 1 and 4: 2 + 3)
+    assert len(stream.log) == 5
+    assert len(searcher.calls) == 3  # the rows whose turns ended in a step search together, one call a step
 
 
 def test_rows_round_trip_through_the_rollout_schema(tmp_path: Path):
