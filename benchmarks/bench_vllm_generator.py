@@ -89,10 +89,19 @@ def bench_vllm(path: Path | str, run: Callable[[Generator], list[Rollout]], warm
     try:
         warm_up(gen)
         looped = BatchedTurns(gen) if batched else gen
+        llm_engine, steps = gen.llm.llm_engine, [0]
+        step = llm_engine.step
+
+        def counted_step():  # engine steps a round takes: where a step costs the same at any batch (a GPU
+            steps[0] += 1    # decoding a small batch), their ratio is the loops' ratio of time
+            return step()
+
+        llm_engine.step = counted_step
         secs, rates, ro = timed_rounds(lambda: run(looped), repeats, gen.llm.reset_prefix_cache)
+        llm_engine.step = step
     finally:
         gen.close()
-    return {"startup": startup, "secs": secs, "rates": rates, "ro": ro}
+    return {"startup": startup, "secs": secs, "rates": rates, "ro": ro, "engine_steps": steps[0] / repeats}
 
 
 def report(results: dict[str, dict], base_name: str, n: int) -> None:
@@ -108,6 +117,9 @@ def report(results: dict[str, dict], base_name: str, n: int) -> None:
               f"{', '.join(f'{x:.1f}' for x in r['rates'])}   median {med:7.1f}   "
               f"({statistics.median(r['secs']):.1f} s/round)   RATIO vs {base_name} {med / base_rate:5.2f}x   "
               f"identical responses {same}/{n}")
+    for name, r in results.items():
+        if "engine_steps" in r:
+            print(f"{name:36s} engine steps per round {r['engine_steps']:7.0f}")
     # what one checkpoint's evaluation costs: the engine (or model) start-up is paid once per checkpoint
     per_ckpt = {name: r["startup"] + statistics.median(r["secs"]) for name, r in results.items()}
     for name, secs in per_ckpt.items():
