@@ -36,4 +36,7 @@ def frame_table(df: pd.DataFrame, columns: Sequence[str] | None = None,
                 cell: Callable[[str, Any], str] = lambda column, value: str(value)) -> str:
     """`table` over a DataFrame's rows; `cell(column, value)` formats each value (default: `str`)."""
     columns = list(df.columns) if columns is None else list(columns)
-    return table([str(c) for c in columns], ([cell(c, row[c]) for c in columns] for _, row in df.iterrows()))
+    # column by column, not iterrows(): a row of an all-numeric frame is one float Series, so ints read "16.000"
+    values = [df[c].tolist() for c in columns]
+    rows = ([cell(c, v[i]) for c, v in zip(columns, values, strict=True)] for i in range(len(df)))
+    return table([str(c) for c in columns], rows)

@@ -102,7 +102,9 @@ def test_planted_relation_is_recovered(tmp_path):
         assert (tmp_path / "out" / name).stat().st_size > 1000
     tb = pd.read_parquet(tmp_path / "out" / "training_step_benchmarks.parquet")
     assert len(tb) == 6 and set(tb["benchmark"]) == {"train"} and tb["n"].sum() == 6 * 16
-    assert "### Per training step" in (tmp_path / "out" / "analysis.md").read_text()
+    md = (tmp_path / "out" / "analysis.md").read_text()
+    assert "### Per training step" in md
+    assert "| 1 | 16 | " in md  # step and rollout count as integers, not "1.000 | 16.000"
     freq = pd.read_parquet(tmp_path / "out" / "phrase_frequency_train.parquet")
     assert set(freq["phrase"]) == {"wait", "let me re-verify"}
     assert res["examples"]
