@@ -61,3 +61,21 @@ def test_the_shared_prefix_refuses_gradient_checkpointing_by_name():
         config_from_dict({"training": {"warm_start": {"gradient_checkpointing": True}}})
     cfg = config_from_dict({"training": {"warm_start": {"gradient_checkpointing": True, "shared_prefix": False}}})
     assert cfg.training.warm_start.gradient_checkpointing
+
+
+@pytest.mark.parametrize("kind, factors", [("constant", [1.0, 1.0, 1.0, 1.0]), ("linear", [1.0, 0.75, 0.5, 0.25])])
+def test_the_warm_start_schedule_sets_each_steps_learning_rate(kind, factors):
+    from searchr1.training.warmstart import lr_schedule
+
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=4e-4)
+    sched, seen = lr_schedule(opt, kind, total_steps=4), []
+    for _ in range(4):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert seen == pytest.approx([4e-4 * f for f in factors])
+
+
+def test_an_unknown_warm_start_schedule_names_the_key():
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        config_from_dict({"training": {"warm_start": {"lr_schedule": "cosine"}}})

@@ -24,6 +24,9 @@ class WarmStartConfig(Section):
     n_examples: PositiveInt = 512
     epochs: PositiveInt = 1
     learning_rate: PositiveFloat = 5e-5
+    # "linear": decays from learning_rate to 0 over the warm start's steps (the usual end of a supervised run);
+    # "constant": every step at learning_rate, so the last few batches decide where the policy stops.
+    lr_schedule: Literal["constant", "linear"] = "constant"
     batch_size: PositiveInt = 8
     # Every trace opens with the same ~300 tokens (system prompt, tool schema): computed once per batch, their
     # keys and values shared by the rows, gradients included (benchmarks/bench_warm_start.py). Same loss up to

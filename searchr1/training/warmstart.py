@@ -278,6 +278,18 @@ def trainable_policy(policy_path: Path | str, ws, trust_remote_code: bool = Fals
     return model, torch.optim.AdamW(model.parameters(), lr=ws.learning_rate, weight_decay=0.0)
 
 
+def lr_schedule(opt, kind: str, total_steps: int):
+    """The warm start's learning-rate schedule over `total_steps` optimiser steps: step k (from 0) trains at
+    learning_rate x (1 - k / total_steps) for "linear", at learning_rate for "constant"."""
+    import torch
+
+    if kind == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1.0)
+    if kind == "linear":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda k: max(0.0, 1.0 - k / total_steps))
+    raise ValueError(f"training.warm_start.lr_schedule: expected 'constant' or 'linear', got {kind!r}")
+
+
 def train_step(model, opt, batch: Sequence[tuple[list[int], list[int]]], pad_id: int, *,
                shared_prefix: bool, bf16: bool = False) -> tuple[float, int]:
     """One optimiser step on (input_ids, labels) examples, right-padded: (loss, tokens in the batch). `bf16`:
@@ -322,16 +334,19 @@ def warm_start(policy_path: Path | str, questions: Mapping[str, Sequence[Questio
     rng = random.Random(cfg.run.seed)
     step, t0, tokens, losses = 0, time.perf_counter(), 0, []
     total = ws.epochs * ((len(examples) + ws.batch_size - 1) // ws.batch_size)
+    sched = lr_schedule(opt, ws.lr_schedule, total)
     bar = tqdm(total=total, desc="warm start")
     for _ in range(ws.epochs):
         for idx in length_batches([len(ids) for ids, _ in examples], ws.batch_size, rng):
+            lr = opt.param_groups[0]["lr"]
             loss, n = train_step(model, opt, [examples[i] for i in idx], tok.pad_token_id,
                                  shared_prefix=ws.shared_prefix, bf16=ws.bf16)
+            sched.step()
             step += 1
             tokens += n
             losses.append(loss)
-            log_metrics({"warm-start/loss": losses[-1], "warm-start/tokens_per_s": tokens / (time.perf_counter() - t0)},
-                        step)
+            log_metrics({"warm-start/loss": losses[-1], "warm-start/lr": lr,
+                         "warm-start/tokens_per_s": tokens / (time.perf_counter() - t0)}, step)
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
     bar.close()
