@@ -279,15 +279,12 @@ def trainable_policy(policy_path: Path | str, ws, trust_remote_code: bool = Fals
 
 
 def lr_schedule(opt, kind: str, total_steps: int):
-    """The warm start's learning-rate schedule over `total_steps` optimiser steps: step k (from 0) trains at
-    learning_rate x (1 - k / total_steps) for "linear", at learning_rate for "constant"."""
-    import torch
+    """The warm start's learning-rate schedule over `total_steps` optimiser steps, by transformers' name (the one
+    `training.warm_start.lr_schedule` allows): step k (from 0) trains at learning_rate x (1 - k / total_steps)
+    for "linear", at learning_rate for "constant"."""
+    from transformers import get_scheduler
 
-    if kind == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1.0)
-    if kind == "linear":
-        return torch.optim.lr_scheduler.LambdaLR(opt, lambda k: max(0.0, 1.0 - k / total_steps))
-    raise ValueError(f"training.warm_start.lr_schedule: expected 'constant' or 'linear', got {kind!r}")
+    return get_scheduler(kind, opt, num_warmup_steps=0, num_training_steps=total_steps)
 
 
 def train_step(model, opt, batch: Sequence[tuple[list[int], list[int]]], pad_id: int, *,
