@@ -425,8 +425,10 @@ def render_html(markdown: str, out_dir: Path, title: str) -> str:
 
 def build_report(out_dir: Path, *, config: dict, stages: Mapping[str, StageSummary], results_md: Path | None,
                  results_png: Path | None, analysis_dir: Path | None, train_metrics: pd.DataFrame | None,
-                 mlflow_links: Mapping[str, str]) -> dict[str, Path]:
-    """Write report.md, report.html and the PNGs they show into out_dir; returns {name: path}."""
+                 mlflow_links: Mapping[str, str], hops_md: str | None = None) -> dict[str, Path]:
+    """Write report.md, report.html and the PNGs they show into out_dir; returns {name: path}. `hops_md`: the
+    section on searches against the hops each question needs (`searchr1.evaluation.hops`, its PNG already in
+    out_dir)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     run_name = _get(config, "run.name", "run")
@@ -476,6 +478,8 @@ def build_report(out_dir: Path, *, config: dict, stages: Mapping[str, StageSumma
     if results_img:
         md += ["![results](results.png)", ""]
     md += ["## Held-out exact match with intervals", "", interval_md, ""]
+    if hops_md:
+        md += ["## Searches against the hops each question needs", "", hops_md, ""]
     md += ["## Baselines", "", _baselines(results), ""]
     if "evaluate" in stages:
         md += ["### evaluation", "", _facts(stages["evaluate"]), ""]

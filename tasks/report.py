@@ -6,6 +6,8 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
+from searchr1.corpus.build import load_question_sets
+from searchr1.evaluation.hops import hop_section
 from searchr1.stage_cache import StageOutput
 from searchr1.summaries import ReportSummary, read_summary
 from searchr1.tracking import committed_metrics, experiment_url, run_url
@@ -30,12 +32,14 @@ def report_task(ctx: PipelineContext, stages: dict[str, StageOutput]) -> StageOu
 
     def build(work, run):
         ev = stages["evaluate"].path
+        questions = load_question_sets(stages["questions"].path, ctx.cfg.questions.eval_benchmarks, "test")
+        hops_md, _ = hop_section(ev / "rollouts", questions, work)
         paths = report.build_report(
             work, config=ctx.cfg.model_dump(mode="json"),
             stages={name: read_summary(name, s.summary) for name, s in stages.items()},
             results_md=ev / "results.md", results_png=ev / "results.png",
             analysis_dir=stages["reflection"].path, train_metrics=_train_metrics(stages["train"]),
-            mlflow_links=links)
+            mlflow_links=links, hops_md=hops_md)
         for path in paths.values():
             run.log_artifact(path)
             parent.log_artifact(path, "report")

@@ -91,8 +91,10 @@ def test_report_has_every_section_and_embeds_figures(tmp_path):
     cfg["training"]["warm_start"]["skill_weights"] = {"compositional": 2}
     paths = build_report(out, config=cfg, stages=_stages(), results_md=eval_dir / "results.md",
                          results_png=eval_dir / "results.png", analysis_dir=analysis_dir, train_metrics=metrics,
-                         mlflow_links={"pipeline run": "http://127.0.0.1:5000/#/experiments/1/runs/abc"})
+                         mlflow_links={"pipeline run": "http://127.0.0.1:5000/#/experiments/1/runs/abc"},
+                         hops_md="| checkpoint | hops |")
     md = paths["md"].read_text()
+    assert "## Searches against the hops each question needs\n\n| checkpoint | hops |" in md
     for heading in ("## Summary", "## Deviations from Search-R1", "## Configuration", "## Corpus, questions and index",
                     "## Training", "## Results", "## Baselines", "## Reflective-phrase analysis", "## MLflow runs",
                     "## Appendix: full configuration"):

@@ -25,17 +25,21 @@ SEED_STATED = "The seed states an average of 0.349 for its run and 0.270 for its
 BEHAVIOUR = ("mean_turns", "search_calls", "invalid_call_rate", "format_failure_rate")
 
 
+def checkpoint_order(frame: Any) -> list[str]:
+    """The frame's checkpoint names by training step; at step 0 the base first, whichever the rows list first
+    (the warm start's baselines sort before the base's agent rows when only the warm start has baselines)."""
+    models = frame[["checkpoint", "step"]].drop_duplicates("checkpoint")
+    models = models.assign(later=models["checkpoint"] != BASE_CHECKPOINT).sort_values(["step", "later"],
+                                                                                      kind="stable")
+    return list(models["checkpoint"])
+
+
 def _columns(frame: Any) -> list[tuple[str, str, str, int]]:
     """(label, method, checkpoint, step) for each column of the table, in display order.
 
     Columns are keyed by checkpoint name, not step: the base model and the warm-started policy share step 0.
     """
-    models = frame[["checkpoint", "step"]].drop_duplicates("checkpoint")
-    # the base first among the step-0 models, whichever the rows list first (the warm start's baselines sort
-    # before the base's agent rows when only the warm start has baselines)
-    models = models.assign(later=models["checkpoint"] != BASE_CHECKPOINT).sort_values(["step", "later"],
-                                                                                      kind="stable")
-    ckpts, step_of = list(models["checkpoint"]), dict(zip(models["checkpoint"], models["step"], strict=True))
+    ckpts, step_of = checkpoint_order(frame), dict(zip(frame["checkpoint"], frame["step"], strict=True))
     first = [c for c in ckpts if step_of[c] == step_of[ckpts[0]]]  # the base (and the warm-started policy)
     ends = list(dict.fromkeys([*first, ckpts[-1]]))
     cols = []

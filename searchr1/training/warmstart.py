@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from searchr1.agent.prompts import build_messages, tools_for
 from searchr1.agent.protocol import AgentProtocol
 from searchr1.agent.trace import Question
+from searchr1.corpus.hops import hop_relation
 from searchr1.io import atomic_dir
 from searchr1.retrieval.base import Searcher
 from searchr1.rewards import normalize_answer
@@ -46,12 +47,6 @@ IGNORE = -100
 VERIFY_PHRASES = ("Wait, let me verify that this is really about {e} and not a similar name.",
                   "Wait, let me double-check {e}.",
                   "Wait, on second thought, let me re-verify the passage about {e}.")
-
-
-def hop_relation(q: Question, hop: int) -> str:
-    """The relation a hop's query asks for: the query less its entity ("Yogoth Voumil employer" -> "employer")."""
-    query, entity = q["metadata"]["hop_queries"][hop], q["metadata"]["hop_entities"][hop]
-    return query[len(entity):].strip() if query.startswith(entity) else query.split()[-1]
 
 
 def goal_phrase(q: Question) -> str:
