@@ -90,7 +90,7 @@ def test_section_and_figure(tmp_path):
     write_run(tmp_path / "rollouts", PLAN)
     md, png = hop_section(tmp_path / "rollouts", QUESTIONS, tmp_path)
     assert png == tmp_path / "hops.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| warm-start | 1 | 1 | 2.0 | 0.0 | 0.0 | 100.0 | 0.0 | – |" in md  # no exact rollout: a dash, not nan
+    assert "| warm-start | 1 | 1 | 2.00 | 0.0 | 0.0 | 100.0 | 0.0 | – |" in md  # no exact rollout: a dash, not nan
     assert "| 3 | creator → employer → headquarters | 4 | 0.0 | 25.0 | 50.0 |" in md
 
 

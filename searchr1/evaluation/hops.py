@@ -101,7 +101,9 @@ def plot_searches(table: pd.DataFrame, path: Path) -> Path:
 
 
 def _cell(column: str, value: object) -> str:
-    return "–" if isinstance(value, float) and math.isnan(value) else str(value)  # no rollout of that kind
+    if isinstance(value, float) and math.isnan(value):
+        return "–"  # no rollout of that kind
+    return f"{value:.2f}" if column == "searches" else str(value)
 
 
 def hop_section(rollouts_dir: Path, questions: Mapping[str, Sequence[Question]], out_dir: Path
@@ -111,8 +113,7 @@ def hop_section(rollouts_dir: Path, questions: Mapping[str, Sequence[Question]],
     if frame.empty:
         return "_The evaluated questions name no hops (real benchmarks): nothing to count._", None
     table = searches_by_hops(frame)
-    shown = table.assign(**{c: (100 * table[c]).round(1) for c in ("short", "exact", "more", "em", "em_exact")},
-                         searches=table["searches"].round(2))
+    shown = table.assign(**{c: (100 * table[c]).round(1) for c in ("short", "exact", "more", "em", "em_exact")})
     png = plot_searches(table, Path(out_dir) / "hops.png")
     md = ["Each search-agent rollout of a question whose hops are known, against the searches it needs (one per "
           "hop; a checked hop is one more). `short`: stopped with fewer searches than hops, so the answer was "
