@@ -22,6 +22,7 @@ import pandas as pd
 import yaml
 
 from searchr1 import intervals, markdown
+from searchr1.evaluation.hops import HopSection
 from searchr1.io import atomic_file, write_text_atomic
 from searchr1.reflection.stats import rl_trajectory
 from searchr1.schema import AGENT, flatten
@@ -425,9 +426,9 @@ def render_html(markdown: str, out_dir: Path, title: str) -> str:
 
 def build_report(out_dir: Path, *, config: dict, stages: Mapping[str, StageSummary], results_md: Path | None,
                  results_png: Path | None, analysis_dir: Path | None, train_metrics: pd.DataFrame | None,
-                 mlflow_links: Mapping[str, str], hops_md: str | None = None) -> dict[str, Path]:
-    """Write report.md, report.html and the PNGs they show into out_dir; returns {name: path}. `hops_md`: the
-    section on searches against the hops each question needs (`searchr1.evaluation.hops`, its PNG already in
+                 mlflow_links: Mapping[str, str], hops: HopSection | None = None) -> dict[str, Path]:
+    """Write report.md, report.html and the PNGs they show into out_dir; returns {name: path}. `hops`: the
+    searches against the hops each question needs (`searchr1.evaluation.hops.hop_section`, its figure already in
     out_dir)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -444,7 +445,8 @@ def build_report(out_dir: Path, *, config: dict, stages: Mapping[str, StageSumma
                      f"Generated {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}. Search-R1 (GRPO with a "
                      "search tool) reproduced as one Prefect flow, tracked in MLflow.", ""]
     claim = seed_claim(analysis, config) if analysis else None
-    head = _headline(results, analysis) + ([gain] if gain else []) + ([f"- {claim}"] if claim else [])
+    head = (_headline(results, analysis) + ([f"- **Hops:** {hops.headline}."] if hops and hops.headline else [])
+            + ([gain] if gain else []) + ([f"- {claim}"] if claim else []))
     if head:
         md += ["## Summary", ""] + head + [""]
     devs = deviations(config, stages)
@@ -478,8 +480,8 @@ def build_report(out_dir: Path, *, config: dict, stages: Mapping[str, StageSumma
     if results_img:
         md += ["![results](results.png)", ""]
     md += ["## Held-out exact match with intervals", "", interval_md, ""]
-    if hops_md:
-        md += ["## Searches against the hops each question needs", "", hops_md, ""]
+    if hops:
+        md += ["## Searches against the hops each question needs", "", hops.markdown, ""]
     md += ["## Baselines", "", _baselines(results), ""]
     if "evaluate" in stages:
         md += ["### evaluation", "", _facts(stages["evaluate"]), ""]

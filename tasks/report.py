@@ -33,13 +33,13 @@ def report_task(ctx: PipelineContext, stages: dict[str, StageOutput]) -> StageOu
     def build(work, run):
         ev = stages["evaluate"].path
         questions = load_question_sets(stages["questions"].path, ctx.cfg.questions.eval_benchmarks, "test")
-        hops_md, _ = hop_section(ev / "rollouts", questions, work)
+        hops = hop_section(ev / "rollouts", questions, work)
         paths = report.build_report(
             work, config=ctx.cfg.model_dump(mode="json"),
             stages={name: read_summary(name, s.summary) for name, s in stages.items()},
             results_md=ev / "results.md", results_png=ev / "results.png",
             analysis_dir=stages["reflection"].path, train_metrics=_train_metrics(stages["train"]),
-            mlflow_links=links, hops_md=hops_md)
+            mlflow_links=links, hops=hops)
         for path in paths.values():
             run.log_artifact(path)
             parent.log_artifact(path, "report")

@@ -88,17 +88,21 @@ def test_exact_match_by_form_of_question(tmp_path):
 
 def test_section_and_figure(tmp_path):
     write_run(tmp_path / "rollouts", PLAN)
-    md, png = hop_section(tmp_path / "rollouts", QUESTIONS, tmp_path)
+    md, headline, png = hop_section(tmp_path / "rollouts", QUESTIONS, tmp_path)
     assert png == tmp_path / "hops.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # from the policy RL started from (the warm start, the later of the step-0 policies) to the last checkpoint
+    assert headline == ("searches per question for 1 / 3 hops: 2.00 / 2.25 at warm-start (75% of the 3-hop "
+                        "rollouts stopped short) → 1.00 / 3.00 at step-000002 (25% of the 3-hop rollouts stopped "
+                        "short)")
     assert "| warm-start | 1 | 1 | 2.00 | 0.0 | 0.0 | 100.0 | 0.0 | – |" in md  # no exact rollout: a dash, not nan
     assert "| 3 | creator → employer → headquarters | 4 | 0.0 | 25.0 | 50.0 |" in md
 
 
 def test_real_benchmarks_have_nothing_to_count(tmp_path):
     write_rollouts([row("step-000001", 1, "nq", "nq-1", 2, 1.0)], tmp_path / "step-000001" / "search_agent__nq.parquet")
-    md, png = hop_section(tmp_path, {"nq": [{"id": "nq-1", "question": "q", "golden_answers": ["a"],
-                                             "metadata": {}}]}, tmp_path)
-    assert png is None and "name no hops" in md
+    md, headline, png = hop_section(tmp_path, {"nq": [{"id": "nq-1", "question": "q", "golden_answers": ["a"],
+                                                       "metadata": {}}]}, tmp_path)
+    assert png is None and headline is None and "name no hops" in md
 
 
 def test_rollouts_of_other_questions_are_refused(tmp_path):

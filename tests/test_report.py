@@ -12,6 +12,7 @@ import pytest
 from test_reflection_analysis import make_run  # noqa: I001  (same tests folder)
 
 from searchr1.config import PipelineConfig
+from searchr1.evaluation.hops import HopSection
 from searchr1.reflection.analysis import analyse
 from searchr1.reflection.config import ReflectionConfig
 from searchr1.report import build_report, deviations, seed_claim, warm_start_used
@@ -92,9 +93,11 @@ def test_report_has_every_section_and_embeds_figures(tmp_path):
     paths = build_report(out, config=cfg, stages=_stages(), results_md=eval_dir / "results.md",
                          results_png=eval_dir / "results.png", analysis_dir=analysis_dir, train_metrics=metrics,
                          mlflow_links={"pipeline run": "http://127.0.0.1:5000/#/experiments/1/runs/abc"},
-                         hops_md="| checkpoint | hops |")
+                         hops=HopSection("| checkpoint | hops |",
+                                         "searches per question for 1 / 2 hops: 1.00 / 2.00 at warm-start", None))
     md = paths["md"].read_text()
     assert "## Searches against the hops each question needs\n\n| checkpoint | hops |" in md
+    assert "- **Hops:** searches per question for 1 / 2 hops: 1.00 / 2.00 at warm-start.\n" in md
     for heading in ("## Summary", "## Deviations from Search-R1", "## Configuration", "## Corpus, questions and index",
                     "## Training", "## Results", "## Baselines", "## Reflective-phrase analysis", "## MLflow runs",
                     "## Appendix: full configuration"):

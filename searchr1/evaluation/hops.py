@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 
@@ -100,18 +101,46 @@ def plot_searches(table: pd.DataFrame, path: Path) -> Path:
     return path
 
 
+class HopSection(NamedTuple):
+    """What the report shows of the hop analysis: its section (markdown), one summary line (None when no
+    question names its hops) and the figure (written into the report's folder)."""
+
+    markdown: str
+    headline: str | None
+    figure: Path | None
+
+
+def hop_headline(table: pd.DataFrame) -> str:
+    """Searches per question by hops at the policy RL started from (the last of the step-0 checkpoints: the warm
+    start when there is one) and at the last checkpoint, with the share of the longest questions' rollouts that
+    stopped short: "searches rising with the hops", in one line."""
+    order = list(dict.fromkeys(table["checkpoint"]))
+    start = table[table["step"] == table["step"].min()]["checkpoint"].iloc[-1]  # the RL start: the warm start if any
+    ends = list(dict.fromkeys([start, order[-1]]))
+    top = int(table["hops"].max())
+
+    def at(ckpt: str) -> str:
+        part = table[table["checkpoint"] == ckpt]
+        longest = part[part["hops"] == top]["short"].iloc[0]
+        return (f"{' / '.join(f'{v:.2f}' for v in part['searches'])} at {ckpt} ({100 * longest:.0f}% of the "
+                f"{top}-hop rollouts stopped short)")
+
+    return (f"searches per question for {' / '.join(str(h) for h in sorted(table['hops'].unique()))} hops: "
+            + " → ".join(at(c) for c in ends))
+
+
 def _cell(column: str, value: object) -> str:
     if isinstance(value, float) and math.isnan(value):
         return "–"  # no rollout of that kind
     return f"{value:.2f}" if column == "searches" else str(value)
 
 
-def hop_section(rollouts_dir: Path, questions: Mapping[str, Sequence[Question]], out_dir: Path
-                ) -> tuple[str, Path | None]:
-    """The report's section (markdown) and its figure (`out_dir/hops.png`), or a line saying why there is none."""
+def hop_section(rollouts_dir: Path, questions: Mapping[str, Sequence[Question]], out_dir: Path) -> HopSection:
+    """The report's section, its summary line and its figure (`out_dir/hops.png`); without questions that name
+    their hops, one line saying so."""
     frame = hop_frame(rollouts_dir, questions)
     if frame.empty:
-        return "_The evaluated questions name no hops (real benchmarks): nothing to count._", None
+        return HopSection("_The evaluated questions name no hops (real benchmarks): nothing to count._", None, None)
     table = searches_by_hops(frame)
     shown = table.assign(**{c: (100 * table[c]).round(1) for c in ("short", "exact", "more", "em", "em_exact")})
     png = plot_searches(table, Path(out_dir) / "hops.png")
@@ -123,4 +152,4 @@ def hop_section(rollouts_dir: Path, questions: Mapping[str, Sequence[Question]],
           "", "![searches against hops](hops.png)", "",
           "Exact match (%) of each form of question, by its chain of relations:", "",
           markdown.frame_table(em_by_chain(frame), cell=_cell)]
-    return "\n".join(md), png
+    return HopSection("\n".join(md), hop_headline(table), png)
