@@ -27,25 +27,28 @@ COLUMNS = ("checkpoint", "step", "benchmark", "question_id", "hops", "chain", "s
 
 
 def hop_frame(rollouts_dir: Path, questions: Mapping[str, Sequence[Question]]) -> pd.DataFrame:
-    """One row per search-agent rollout of a question with known hops: COLUMNS, checkpoints in training order.
+    """One row per search-agent rollout of a question with known hops: COLUMNS, ordered by step (the tables
+    below put the base first among the step-0 policies, `checkpoint_order`).
 
     `rollouts_dir` is the evaluation stage's `rollouts/` (one folder per checkpoint, a parquet per method and
     benchmark); `questions` are the evaluated sets by benchmark. A rollout whose question is not among them
     is an error: the two come from different runs.
     """
-    known = {(bench, q["id"]): q for bench, qs in questions.items() for q in qs if hops_needed(q)}
+    # (hops, chain) once per question, not once per checkpoint's rollout of it
+    known = {(bench, q["id"]): (hops_needed(q), relation_chain(q)) for bench, qs in questions.items() for q in qs
+             if hops_needed(q)}
     benches = {bench for bench, _ in known}
     rows = []
     for path in sorted(Path(rollouts_dir).glob(f"*/{AGENT}__*.parquet")):
         frame = pd.read_parquet(path, columns=["checkpoint", "step", "benchmark", "question_id", "search_calls",
                                                "em"])
         for r in frame[frame["benchmark"].isin(benches)].itertuples(index=False):  # a real benchmark: none known
-            q = known.get((r.benchmark, r.question_id))
-            if q is None:
+            form = known.get((r.benchmark, r.question_id))
+            if form is None:
                 raise ValueError(f"{path}: question {r.question_id!r} is not in the {r.benchmark} question set; "
                                  "the rollouts and questions come from different runs")
-            rows.append((r.checkpoint, int(r.step), r.benchmark, r.question_id, hops_needed(q), relation_chain(q),
-                         int(r.search_calls), float(r.em)))
+            rows.append((r.checkpoint, int(r.step), r.benchmark, r.question_id, *form, int(r.search_calls),
+                         float(r.em)))
     out = pd.DataFrame(rows, columns=list(COLUMNS))
     return out.sort_values(["step", "checkpoint", "benchmark", "question_id"], kind="stable").reset_index(drop=True)
 
