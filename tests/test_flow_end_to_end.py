@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow  # a Prefect server, the 135M policy trained and e
 MICRO = SMALL + [
     "questions.max_eval_questions=3",
     "agent.generator=transformers", "agent.max_turns=2", "agent.max_new_tokens=24", "agent.batch_size=12",
-    "training.warm_start.n_examples=4", "training.warm_start.batch_size=4",
+    "training.warm_start.n_examples=4", "training.warm_start.batch_size=4", "training.warm_start.epochs=1",
     "training.grpo.steps=1", "training.grpo.prompts_per_step=1", "training.grpo.group_size=2",
     "training.grpo.refill_rounds=0", "training.grpo.rollout_generator=transformers",
     "training.grpo.micro_batch_size=2", "reflection.bootstrap_samples=50",
