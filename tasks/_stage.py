@@ -67,6 +67,19 @@ def searcher_key(cfg: PipelineConfig, *, server: bool = False) -> dict[str, Any]
     return out
 
 
+def location_free(ctx: PipelineContext, path: Path | str) -> str:
+    """A model path as a cache key holds it: relative to the artifacts folder when it lies inside, so a
+    moved or copied artifacts folder keeps every key (the folders under it carry their own digests);
+    a hub id or a path outside stays as given."""
+    p = Path(path)
+    if p.exists():
+        try:
+            return p.resolve().relative_to(Path(ctx.root).resolve()).as_posix()
+        except ValueError:
+            pass
+    return str(path)
+
+
 def run_stage(ctx: PipelineContext, stage: str, *, config_paths: Sequence[str],
               upstream: Iterable[StageOutput], build: Callable[[Path, StageRun], StageSummary],
               resumable: bool = False, extra_key: Mapping[str, Any] | None = None) -> StageOutput | State:

@@ -10,7 +10,7 @@ from searchr1.stage_cache import StageOutput
 from searchr1.summaries import TrainSummary, WarmStartSummary
 from searchr1.tracking import CommittedMetrics
 from searchr1.training.checkpoints import list_checkpoints
-from tasks._stage import PipelineContext, run_stage, searcher_key
+from tasks._stage import PipelineContext, location_free, run_stage, searcher_key
 
 
 @task(name="train", cache_policy=NONE)
@@ -38,4 +38,4 @@ def train_task(ctx: PipelineContext, policy_path: Path | str, train_data: StageO
     upstream = [train_data, index] + ([start] if start is not None else [])
     return run_stage(ctx, "train", upstream=upstream, build=build, resumable=True,
                      config_paths=["training", *agent_paths(exclude=EVALUATION_ONLY_FIELDS), "policy", "run.seed"],
-                     extra_key={"init": str(init), "retrieval": searcher_key(ctx.cfg, server=True)})
+                     extra_key={"init": location_free(ctx, init), "retrieval": searcher_key(ctx.cfg, server=True)})

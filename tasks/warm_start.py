@@ -9,7 +9,7 @@ from searchr1.agent.config import protocol_paths
 from searchr1.corpus.build import load_question_sets
 from searchr1.stage_cache import StageOutput
 from searchr1.summaries import WarmStartSummary
-from tasks._stage import PipelineContext, run_stage, searcher_key
+from tasks._stage import PipelineContext, location_free, run_stage, searcher_key
 
 
 @task(name="warm-start", cache_policy=NONE)
@@ -29,4 +29,4 @@ def warm_start_task(ctx: PipelineContext, policy_path: Path | str, questions: St
     return run_stage(ctx, "warm-start",
                      config_paths=["training.warm_start", "policy", *protocol_paths(), "run.seed"],
                      upstream=[questions, index], build=build,
-                     extra_key={"policy_path": str(policy_path), "retrieval": searcher_key(ctx.cfg)})
+                     extra_key={"policy_path": location_free(ctx, policy_path), "retrieval": searcher_key(ctx.cfg)})

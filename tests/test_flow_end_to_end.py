@@ -1,5 +1,6 @@
 """The whole flow on a micro world: every stage's task (warm start, GRPO, evaluation, reflection, report) runs
-through Prefect with the real policy, and a second run of the same config reuses every stage.
+through Prefect with the real policy, and a second run of the same config, in the artifacts folder moved elsewhere,
+reuses every stage.
 
 `make run` is the only other thing that executes the tasks after train-data; this keeps their glue (what each
 hands the next, what the report reads) under CI. Sizes are the smallest that still exercise every path:
@@ -9,6 +10,7 @@ hands the next, what the report reads) under CI. Sizes are the smallest that sti
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -28,11 +30,12 @@ MICRO = SMALL + [
 ]
 
 
-def test_every_stage_runs_then_a_rerun_reuses_them_all(prefect_server, tmp_path):
-    over = MICRO + [f"run.artifacts_dir={tmp_path}"]
-    paths = {name: Path(p) for name, p in reproduce(overrides=over, pipeline_run_id="e2e-1").items()}
+def test_every_stage_runs_then_a_rerun_in_a_moved_folder_reuses_them_all(prefect_server, tmp_path):
+    first = tmp_path / "first"
+    paths = {name: Path(p) for name, p in reproduce(overrides=MICRO + [f"run.artifacts_dir={first}"],
+                                                      pipeline_run_id="e2e-1").items()}
     assert list(paths) == list(STAGES)
-    assert statuses(ledger(tmp_path, "e2e-1")) == [(s, "ran") for s in STAGES]
+    assert statuses(ledger(first, "e2e-1")) == [(s, "ran") for s in STAGES]
 
     assert (paths["warm-start"] / "model" / "model.safetensors").is_file()
     assert (paths["train"] / "checkpoints" / "step-000001" / "model.safetensors").is_file()
@@ -49,8 +52,11 @@ def test_every_stage_runs_then_a_rerun_reuses_them_all(prefect_server, tmp_path)
     analysis = json.loads((paths["reflection"] / "analysis.json").read_text())
     assert analysis  # the reflection stage read the evaluation's rollouts
 
-    again = reproduce(overrides=over, pipeline_run_id="e2e-2")
-    # the report is keyed by its pipeline run (it links that run's MLflow runs): rebuilt, everything else reused
-    assert statuses(ledger(tmp_path, "e2e-2")) == [(s, "cached") for s in STAGES[:-1]] + [("report", "ran")]
-    assert {k: v for k, v in again.items() if k != "report"} == {k: str(v) for k, v in paths.items()
-                                                                 if k != "report"}
+    # The artifacts folder moved (a new disk, a copy on another machine): no key holds where it lies, so every
+    # stage is reused; the report is keyed by its pipeline run (it links that run's MLflow runs) and rebuilt.
+    moved = tmp_path / "moved"
+    shutil.move(first, moved)
+    again = reproduce(overrides=MICRO + [f"run.artifacts_dir={moved}"], pipeline_run_id="e2e-2")
+    assert statuses(ledger(moved, "e2e-2")) == [(s, "cached") for s in STAGES[:-1]] + [("report", "ran")]
+    assert {k: v for k, v in again.items() if k != "report"} == {
+        k: str(moved / Path(v).relative_to(first)) for k, v in paths.items() if k != "report"}
