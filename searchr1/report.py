@@ -155,10 +155,13 @@ def deviations(config: Mapping[str, Any], stages: Mapping[str, StageSummary]) ->
         weights = _get(config, "training.warm_start.skill_weights") or {}
         dealt = (" Traces dealt per round of the suites: " + ", ".join(f"{s} x{w}" for s, w in sorted(weights.items()))
                  + " (the others x1)." if weights else "")
+        epochs = _get(config, "training.warm_start.epochs", 1)
+        passes = f" ({_fmt(epochs)} epochs at learning rate {_get(config, 'training.warm_start.learning_rate'):g})" \
+            if epochs != 1 else ""
         out.append(f"**Supervised warm start:** before GRPO the policy was fine-tuned on {_fmt(n) if n else 'some'} "
-                   "worked search traces, because a model this small never calls the tool on its own and GRPO gets "
-                   f"no reward variance to learn from. Search-R1 starts RL from the instruct model directly.{checks}"
-                   f"{dealt}")
+                   f"worked search traces{passes}, because a model this small never calls the tool on its own and "
+                   "GRPO gets no reward variance to learn from. Search-R1 starts RL from the instruct model "
+                   f"directly.{checks}{dealt}")
     if _get(config, "training.engine") == "trl":
         steps = _get(config, "training.grpo.steps")
         prompts = _get(config, "training.grpo.prompts_per_step")
@@ -184,7 +187,8 @@ def _config_summary(config: Mapping[str, Any]) -> str:
     keys = ["run.name", "run.seed", "corpus.source", "questions.source", "questions.eval_benchmarks",
             "questions.max_eval_questions", "retrieval.topk", "retrieval.embedder.model", "retrieval.index.kind",
             "policy.model", "policy.dtype", "agent.prompt_style", "agent.max_turns", "agent.generator",
-            "agent.vllm.dtype", "training.engine", "training.warm_start.enabled", "training.warm_start.bf16",
+            "agent.vllm.dtype", "training.engine", "training.warm_start.enabled", "training.warm_start.epochs",
+            "training.warm_start.learning_rate", "training.warm_start.bf16",
             "training.grpo.bf16", "training.grpo.steps", "training.grpo.prompts_per_step",
             "training.grpo.group_size", "training.grpo.learning_rate", "training.grpo.kl_coef",
             "training.grpo.temperature", "training.grpo.refill_rounds", "training.grpo.rollout_generator",

@@ -90,6 +90,7 @@ def test_report_has_every_section_and_embeds_figures(tmp_path):
     cfg = _tiny_config()
     cfg["training"]["warm_start"]["verify_rate"] = 0.5
     cfg["training"]["warm_start"]["skill_weights"] = {"compositional": 2}
+    cfg["training"]["warm_start"].update(epochs=3, learning_rate=1e-4)
     paths = build_report(out, config=cfg, stages=_stages(), results_md=eval_dir / "results.md",
                          results_png=eval_dir / "results.png", analysis_dir=analysis_dir, train_metrics=metrics,
                          mlflow_links={"pipeline run": "http://127.0.0.1:5000/#/experiments/1/runs/abc"},
@@ -104,6 +105,8 @@ def test_report_has_every_section_and_embeds_figures(tmp_path):
         assert heading in md, heading
     assert "Traces dealt per round of the suites: compositional x2 (the others x1)." in md
     assert "Supervised warm start" in md and "SmolLM2-135M-Instruct" in md and "fictional world" in md
+    assert "worked search traces (3 epochs at learning rate 0.0001), because" in md
+    assert "| training.warm\\_start.epochs | 3 |" in md
     assert "fictional world (1,234 passages)" in md     # read from the typed corpus summary
     assert "| dims | 384 |" in md                       # extra facts a library reported ride along
     assert "| nq | 0.10 | 39.7 | 40.6 |" in md          # the results table as produced by evaluation
