@@ -8,6 +8,7 @@ rule that a core test never skips: any skip outside OPTIONAL_MARKERS fails the s
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -63,6 +64,24 @@ def reference_data() -> SampleFiles:
 def sample_data(request) -> SampleFiles:
     """Each sample set in turn: the same check on generated files and on the real ones."""
     return request.getfixturevalue(f"{request.param}_data")
+
+
+# Free space the slow tier needs under the temp folder: its GRPO, checkpoint and flow tests write policies and
+# optimiser state. Checked before any test runs, so a full disk fails with this message instead of a
+# SafetensorError half-way through the suite (CI on 2026-12-07: five tests, after ten minutes).
+SLOW_TIER_FREE_GB = float(os.environ.get("SEARCHR1_TEST_FREE_GB", "8"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not any(item.get_closest_marker("slow") for item in items):
+        return
+    where = Path(tempfile.gettempdir())
+    free_gb = shutil.disk_usage(where).free / 2**30
+    if free_gb < SLOW_TIER_FREE_GB:
+        raise pytest.UsageError(
+            f"{where} has {free_gb:.1f} GB free; the slow tests need {SLOW_TIER_FREE_GB:.0f} GB there "
+            f"(policies and optimiser state). Free some space, point TMPDIR elsewhere, run `make test-fast`, "
+            f"or set SEARCHR1_TEST_FREE_GB to a lower bound at your own risk")
 
 
 _core_skips: list[str] = []
