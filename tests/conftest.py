@@ -67,8 +67,9 @@ def sample_data(request) -> SampleFiles:
 
 
 # Free space the slow tier needs under the temp folder: its GRPO, checkpoint and flow tests write policies and
-# optimiser state. Checked before any test runs, so a full disk fails with this message instead of a
-# SafetensorError half-way through the suite (CI on 2026-12-07: five tests, after ten minutes).
+# optimiser state (a whole `make test` peaked at 3.8 GB there: bare clone, 2026-12-07). Checked before any test
+# runs, so a full disk fails with this message instead of a SafetensorError half-way through the suite (CI on
+# 2026-12-07: five tests, after ten minutes).
 SLOW_TIER_FREE_GB = float(os.environ.get("SEARCHR1_TEST_FREE_GB", "8"))
 
 
