@@ -118,6 +118,19 @@ def test_planted_relation_is_recovered(tmp_path):
     json.dumps(summary)  # JSON-able
 
 
+def test_the_same_rollouts_in_another_folder_give_the_same_analysis_bytes(tmp_path):
+    # `searchr1 fingerprints --compare` holds two runs to the same bytes wherever their checkouts lie
+    written = []
+    for root in (tmp_path / "one", tmp_path / "elsewhere" / "two"):
+        eval_dir, train_dir = make_run(root, "none", n_ckpt=4, per_bench=20, seed=3, train_steps=2)
+        analyse(eval_dir, train_dir, CFG, root / "out")
+        written.append((root / "out" / "analysis.json").read_bytes())
+    assert written[0] == written[1]
+    assert str(tmp_path) not in written[0].decode()
+    inputs = json.loads(written[0])["inputs"]
+    assert (tmp_path / "one" / "out" / inputs["eval_dir"]).resolve() == (tmp_path / "one" / "eval").resolve()
+
+
 def test_no_relation_finds_nothing(tmp_path):
     eval_dir, _ = make_run(tmp_path, "none", seed=1)
     analyse(eval_dir, None, CFG, tmp_path / "out")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,9 @@ def analyse(eval_dir: Path, train_dir: Path | None, cfg: ReflectionConfig, out_d
         "config": cfg.model_dump(mode="json"),
         "lexicon": {"source": lexicon.source, "digest": lexicon.digest(), "n_phrases": len(lexicon.phrases),
                     "categories": list(categories)},
-        "inputs": {"eval_dir": str(eval_dir), "train_dir": str(train_dir) if train_dir else None,
+        # relative to this folder: the same run in another folder writes the same analysis (fingerprints)
+        "inputs": {"eval_dir": os.path.relpath(eval_dir, out_dir),
+                   "train_dir": os.path.relpath(train_dir, out_dir) if train_dir else None,
                    "n_eval_rollouts": int(len(rollouts)), "n_train_rollouts": int(len(train)) if train is not None
                    else 0},
         "statistics": _jsonable(s),
