@@ -22,7 +22,7 @@ import pandas as pd
 from searchr1.io import atomic_file, write_json_atomic, write_text_atomic
 from searchr1.reflection import plots, render, stats, tables
 from searchr1.reflection.config import ReflectionConfig
-from searchr1.reflection.lexicon import load_lexicon
+from searchr1.reflection.lexicon import DEFAULT_LEXICON_FILE, load_lexicon
 from searchr1.reflection.load import load_eval, load_scores, load_train, pick_examples
 from searchr1.tracking import MetricsLogger, null_logger
 
@@ -51,6 +51,14 @@ def _records(df: pd.DataFrame) -> list[dict]:
 def _write_parquet(df: pd.DataFrame, path: Path) -> None:
     with atomic_file(path) as tmp:
         df.to_parquet(tmp, index=False)
+
+
+def _recorded_source(source: str) -> str:
+    """The lexicon's file as the analysis records it: the shipped one by its place in the package, so that two
+    checkouts write the same bytes (`searchr1 fingerprints`); a user's file as given."""
+    if Path(source) == DEFAULT_LEXICON_FILE:
+        return DEFAULT_LEXICON_FILE.relative_to(DEFAULT_LEXICON_FILE.parents[2]).as_posix()
+    return source
 
 
 def analyse(eval_dir: Path, train_dir: Path | None, cfg: ReflectionConfig, out_dir: Path,
@@ -96,8 +104,8 @@ def analyse(eval_dir: Path, train_dir: Path | None, cfg: ReflectionConfig, out_d
 
     result = {
         "config": cfg.model_dump(mode="json"),
-        "lexicon": {"source": lexicon.source, "digest": lexicon.digest(), "n_phrases": len(lexicon.phrases),
-                    "categories": list(categories)},
+        "lexicon": {"source": _recorded_source(lexicon.source), "digest": lexicon.digest(),
+                    "n_phrases": len(lexicon.phrases), "categories": list(categories)},
         # relative to this folder: the same run in another folder writes the same analysis (fingerprints)
         "inputs": {"eval_dir": os.path.relpath(eval_dir, out_dir),
                    "train_dir": os.path.relpath(train_dir, out_dir) if train_dir else None,

@@ -139,7 +139,4 @@ def load_lexicon(path: Path | str | None = None) -> Lexicon:
 
 @lru_cache(maxsize=1)
 def default_lexicon() -> Lexicon:
-    # named by its place in the package, not on this disk: an analysis records the source, and two checkouts
-    # must write the same analysis
-    source = DEFAULT_LEXICON_FILE.relative_to(Path(__file__).parents[2]).as_posix()
-    return parse_lexicon(DEFAULT_LEXICON_FILE.read_text(encoding="utf-8"), source=source)
+    return parse_lexicon(DEFAULT_LEXICON_FILE.read_text(encoding="utf-8"), source=str(DEFAULT_LEXICON_FILE))
