@@ -150,4 +150,31 @@ def test_a_failed_evaluation_still_closes_its_engine(tmp_path: Path, monkeypatch
     monkeypatch.setattr(ev, "run_method", boom)
     with pytest.raises(RuntimeError, match="search backend down"):
         run(tmp_path, [], checkpoints=((0, "base-folder"),))
-    assert closed == [gen]
+    assert [g for g in closed if g is not None] == [gen]
+
+
+def test_one_engine_takes_every_checkpoint_it_can_swap_in(tmp_path: Path, monkeypatch):
+    """An engine that can swap weights in place (vLLM, same architecture) serves every checkpoint: one start, then
+    a load per checkpoint with work left, and one close at the end; a checkpoint it cannot take gets a new engine."""
+    opened: list = []
+    loads: list = []
+    closed: list = []
+
+    class Swappable(ScriptedGenerator):
+        def load_weights(self, path):
+            loads.append(str(path))
+
+    def make(path, agent_cfg, policy_cfg, greedy=True):
+        opened.append(str(path))
+        return Swappable(answer_first_title)
+
+    monkeypatch.setattr(ev, "make_generator", make)
+    monkeypatch.setattr(ev, "can_swap", lambda gen, path: isinstance(gen, Swappable) and path != "other-arch")
+    monkeypatch.setattr(ev, "close_generator", lambda gen: gen is not None and closed.append(gen))
+    run(tmp_path, [], checkpoints=((0, "base-folder"), (10, "ckpt-10"), (20, "ckpt-20"), (30, "other-arch")))
+    assert opened == ["base-folder", "other-arch"]
+    assert loads == ["ckpt-10", "ckpt-20"]  # each once, although the baselines run on them too (baselines_at all)
+    assert len(closed) == 2  # the first engine when other-arch came, the second at the end
+    opened.clear(), loads.clear()
+    run(tmp_path, [], checkpoints=((0, "base-folder"), (10, "ckpt-10"), (20, "ckpt-20"), (30, "other-arch")))
+    assert opened == [] and loads == []  # all done: nothing loaded

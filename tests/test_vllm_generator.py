@@ -178,15 +178,16 @@ def test_a_seeded_batch_whose_prompts_exceed_vllms_step_budget_samples_on_cpu(po
 
 @pytest.mark.vllm
 @pytest.mark.slow
-def test_grpo_rollouts_by_vllm_sample_the_weights_of_their_step(policy_path, tmp_path):
-    """training.grpo.rollout_generator=vllm: each step starts an engine on the trainer's current weights (step
-    2 samples what step 1 trained, bit for bit), and the steps record their rollouts as the in-process
-    sampler's do."""
+def test_grpo_rollouts_by_vllm_sample_the_weights_of_their_step(policy_path, tmp_path, monkeypatch):
+    """training.grpo.rollout_generator=vllm: one engine, opened at step 1, holds the trainer's current weights at
+    each step (step 2 samples what step 1 trained, bit for bit, swapped in), and the steps record their rollouts
+    as the in-process sampler's do."""
     import pyarrow.parquet as pq
     from safetensors.torch import load_file
     from test_training_grpo import DOCS, QS, _cfg
 
     from searchr1.config import config_from_dict
+    from searchr1.training import rollout_samplers
     from searchr1.training.data import build_train_data
     from searchr1.training.grpo import ROLLOUT_POLICY_DIR, ROLLOUTS_DIR, train_grpo
     from searchr1.training.search_tool import WordOverlapSearcher
@@ -196,10 +197,17 @@ def test_grpo_rollouts_by_vllm_sample_the_weights_of_their_step(policy_path, tmp
     cfg = config_from_dict(base)
     build_train_data(QS, cfg, tmp_path / "data")
     work = tmp_path / "train"
+    opened, loaded = [], []
+    real_make, real_load = rollout_samplers.make_generator, generators.VLLMGenerator.load_weights
+    monkeypatch.setattr(rollout_samplers, "make_generator", lambda *a, **k: opened.append(a[0]) or real_make(*a, **k))
+    monkeypatch.setattr(generators.VLLMGenerator, "load_weights",
+                        lambda self, path: loaded.append(path) or real_load(self, path))
     # weight decay moves the weights at step 1 even when every reward of the untrained policy is equal
     res = train_grpo(policy_path, tmp_path / "data", WordOverlapSearcher(DOCS), cfg, work,
                      trl_overrides={"weight_decay": 0.1})
     assert res["steps"] == 2
+    assert len(opened) == 1 and len(loaded) == 1  # step 2 swapped its weights into step 1's engine
+    assert not generators.VLLMGenerator._in_process_open  # closed when training ended
     sampled = load_file(str(work / ROLLOUT_POLICY_DIR / "model.safetensors"))  # what step 2's engine loaded
     trained = load_file(str(Path(res["checkpoints"][0]) / "model.safetensors"))  # the weights after step 1
     start = load_file(str(Path(policy_path) / "model.safetensors"))
@@ -209,6 +217,58 @@ def test_grpo_rollouts_by_vllm_sample_the_weights_of_their_step(policy_path, tmp
     for step in (1, 2):
         rows = pq.read_table(work / ROLLOUTS_DIR / f"step-{step:06d}.parquet").to_pylist()
         assert len(rows) == 4 and all(r["gen_tokens"] > 0 for r in rows)
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_weights_swapped_into_an_open_engine_give_a_fresh_engines_rollouts(policy_path, tmp_path):
+    """VLLMGenerator.load_weights (GRPO's engine at every step, the evaluation's at every checkpoint): after
+    rollouts on one policy, another policy's weights swapped in give that policy's fresh engine's rollouts, greedy
+    and seeded, token for token. vLLM's own reload alone does not: it leaves the tied LM head's packed weights
+    and the prefix cache of the old policy (each, measured, other tokens than a fresh engine's)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from searchr1.agent.rollout import run_agent
+
+    pytest.importorskip("vllm", reason="vLLM is not installed")
+    other = tmp_path / "other"  # another policy of the same architecture, saved as the trainer saves a checkpoint
+    model = AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32)
+    noise = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():  # the embedding too: it is also the LM head
+            p.add_(torch.randn(p.shape, generator=noise) * p.std() * 0.05)
+    model.save_pretrained(other, safe_serialization=True)
+    AutoTokenizer.from_pretrained(policy_path).save_pretrained(other)
+    cfg = COMPARE_CFG.model_copy(update={"max_turns": 2, "max_new_tokens": 16})
+    questions = QUESTIONS[:6]
+
+    def rollouts(gen) -> list[tuple]:
+        out = []
+        for greedy, seed in ((True, None), (False, 11)):
+            gen.greedy, gen.temperature, gen.seed = greedy, 1.0, seed
+            out += [(r.completion_ids, r.stop_reason) for r in run_agent(questions, gen, KeywordSearcher(), cfg,
+                                                                         progress=False)]
+        return out
+
+    def engine(path):
+        return generators.VLLMGenerator(str(path), dtype="bfloat16", greedy=True, seed=11, cpu_kv_cache_gib=0.5)
+
+    fresh = engine(other)
+    try:
+        want = rollouts(fresh)
+    finally:
+        fresh.close()
+    gen = engine(policy_path)
+    try:
+        before = rollouts(gen)  # fills the prefix cache with the first policy's keys and values
+        assert gen.can_load(other) and not gen.can_load(tmp_path)  # a folder without config.json is not swappable
+        gen.load_weights(other)
+        got = rollouts(gen)
+    finally:
+        gen.close()
+    assert before != want  # the two policies do write differently
+    assert got == want
 
 
 def _caller_state() -> dict:

@@ -408,6 +408,7 @@ class VLLMGenerator:
                            trust_remote_code=trust_remote_code, max_model_len=max_model_len,
                            enforce_eager=self.on_cpu if enforce_eager is None else enforce_eager, **engine)
         VLLMGenerator._in_process_open = self.in_process
+        self._engine_config = engine_config(model_path)
         self.greedy, self.temperature, self.top_p = greedy, temperature, top_p
         # Sampling: with a seed, every (turn, row) of a batch draws from its own seeded stream, so a batch
         # samples the same tokens whatever else the engine runs; None leaves it to the engine's RNG.
@@ -510,6 +511,34 @@ class VLLMGenerator:
             ended.update(self.step())
         return [ended[r] for r in rows]
 
+    def can_load(self, model_path: Any) -> bool:
+        """Whether `load_weights` can swap `model_path` in: the same architecture, sizes and stored precision as
+        the engine's model (config.json equal but for bookkeeping keys), so the engine's shapes and dtype hold."""
+        return self.llm is not None and engine_config(model_path) == self._engine_config
+
+    def load_weights(self, model_path: Any) -> None:
+        """Swap another checkpoint's weights into the open engine, in place: what a fresh engine on `model_path`
+        would compute, without its start (GRPO opens one a step, the evaluation one a checkpoint; in a process
+        that holds a trainer, a start costs ~10 s, mostly allocating the KV cache).
+
+        vLLM's own reload re-packs the layers it re-processes, but a weight two modules share (the tied
+        embedding and LM head) is processed for one of them only: on CPU the LM head's oneDNN handle keeps
+        the old weights (measured: the only module whose outputs differed from a fresh engine's). So every
+        module that kept its weight after packing is packed again, and the prefix cache, which holds keys and
+        values the old weights computed, is emptied."""
+        if self._running:
+            raise RuntimeError(f"load_weights() with {len(self._running)} turns still running: step until not busy")
+        if not self.can_load(model_path):
+            raise ValueError(f"load_weights: {model_path} is not the engine's architecture and precision "
+                             f"(config.json differs); open a new engine for it")
+        with _CallerState():
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(model_path)})
+            if self.on_cpu:
+                self.llm.collective_rpc(_repack_kept_cpu_weights)
+            if not self.llm.reset_prefix_cache():
+                raise RuntimeError("load_weights: vLLM kept its prefix cache (requests still running)")
+        self.end_ids = end_token_ids(_GenerationConfigHolder(str(model_path)), self.tokenizer)
+
     def close(self) -> None:
         """Stop the engine now and free its KV cache (its processes, or in process its worker and the
         one-process torch.distributed group it opened, so that the next engine can open its own)."""
@@ -562,6 +591,42 @@ class _CallerState:
         random.setstate(self.rng[0])
         np.random.set_state(self.rng[1])
         torch.set_rng_state(self.rng[2])
+
+
+# config.json keys that name or describe a checkpoint without changing what an engine computes with it
+_BOOKKEEPING_KEYS = frozenset({"_name_or_path", "transformers_version", "use_cache"})
+
+
+def engine_config(model_path: Any) -> dict[str, Any] | None:
+    """A checkpoint folder's config.json without its bookkeeping keys: two folders with equal values hold
+    weights of the same shapes, stored in the same precision (None for a hub id: no swapping)."""
+    import json
+    from pathlib import Path
+
+    path = Path(str(model_path)) / "config.json"
+    if not path.is_file():
+        return None
+    return {k: v for k, v in json.loads(path.read_text()).items() if k not in _BOOKKEEPING_KEYS}
+
+
+def _repack_kept_cpu_weights(worker: Any) -> int:
+    """Run on vLLM's worker after a reload: pack again the CPU GEMM of every module that kept its weight (vLLM
+    drops a linear layer's weight once packed, so a module that still holds one, the tied LM head, was packed
+    from tensors the reload has since overwritten). Returns how many modules were packed."""
+    repacked = 0
+    for module in worker.model_runner.get_model().modules():
+        weight = getattr(module, "weight", None)
+        method = getattr(module, "quant_method", None)
+        if hasattr(module, "cpu_linear") and method is not None and weight is not None and weight.numel():
+            method.process_weights_after_loading(module)
+            repacked += 1
+    return repacked
+
+
+def can_swap(generator: Generator | None, model_path: Any) -> bool:
+    """Whether `generator` can take `model_path`'s weights in place (`VLLMGenerator.load_weights`) instead of
+    being closed and replaced by a new one."""
+    return isinstance(generator, VLLMGenerator) and generator.can_load(model_path)
 
 
 class _GenerationConfigHolder:

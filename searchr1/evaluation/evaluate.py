@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow.parquet as pq
 
 from searchr1 import faults
-from searchr1.agent.generators import Generator, close_generator, make_generator, return_freed_memory
+from searchr1.agent.generators import Generator, can_swap, close_generator, make_generator, return_freed_memory
 from searchr1.agent.rollout import run_agent, run_baseline, summarize_rows
 from searchr1.agent.trace import ROLLOUT_SCHEMA, Question, write_rollouts
 from searchr1.io import atomic_file
@@ -125,18 +125,26 @@ def evaluate_checkpoints(checkpoints: list[tuple[int, Path | str]], questions: M
         if init[0] in {m[0] for m in models}:
             raise ValueError(f"evaluate_checkpoints: init label {init[0]!r} collides with a checkpoint name")
         models.insert(sum(step == 0 for _, step, _ in models), (init[0], 0, init[1]))
-    for name, step, path in models:
-        generator: Generator | None = None
-        at_step = methods if baselines_here(name, step, init, cfg.evaluation.baselines_at) else [AGENT]
-        try:
+    generator: Generator | None = None
+    loaded: Path | str | None = None  # the policy the generator holds
+    try:
+        for name, step, path in models:
+            at_step = methods if baselines_here(name, step, init, cfg.evaluation.baselines_at) else [AGENT]
             for method in at_step:
                 todo = {bench: qs for bench, qs in questions.items()
                         if not rollout_path(out_dir, name, method, bench).is_file()}
                 skipped += len(questions) - len(todo)
                 if todo:
-                    if generator is None:  # load the model only when something is left to do
-                        return_freed_memory()  # the trainers' freed heap: an engine opens 8x slower over it
-                        generator = make_generator(path, cfg.agent, cfg.policy, greedy=True)
+                    if loaded != path:  # load the model only when something is left to do
+                        if can_swap(generator, path):
+                            generator.load_weights(path)  # type: ignore[union-attr]
+                        else:
+                            close_generator(generator)
+                            generator = None
+                            gc.collect()  # the last model is freed before the next one loads
+                            return_freed_memory()  # the trainers' freed heap: an engine opens 8x slower over it
+                            generator = make_generator(path, cfg.agent, cfg.policy, greedy=True)
+                        loaded = path
                     # every suite left in one call: a batch of 256 rows keeps vLLM's continuous batching busy
                     # where four batches of 64 each wait for their slowest row (resume is still per file)
                     pooled = [q for qs in todo.values() for q in qs]
@@ -152,13 +160,12 @@ def evaluate_checkpoints(checkpoints: list[tuple[int, Path | str]], questions: M
                 for bench in questions:
                     target = rollout_path(out_dir, name, method, bench)
                     tables[(name, step, method, bench)] = pq.read_table(target, schema=ROLLOUT_SCHEMA).to_pylist()
-        finally:
-            # vLLM's weights cannot be swapped in place on CPU (the reload leaves oneDNN's prepacked weights
-            # stale: other outputs than a fresh engine's), so each checkpoint gets its own engine; closed on an
-            # error too, so that a retry in this process can open the next in-process engine
-            close_generator(generator)
-            del generator
-            gc.collect()
+    finally:
+        # one engine for every checkpoint (vLLM swaps the weights in place); closed on an error too, so that a
+        # retry in this process can open the next in-process engine
+        close_generator(generator)
+        del generator
+        gc.collect()
     rows = results_rows(tables)
     for name, step, _ in models:  # MLflow series are per step: the init model's go under its own prefix
         prefix = "eval" if name == checkpoint_name(step) else f"eval-{name}"

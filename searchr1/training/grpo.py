@@ -445,7 +445,11 @@ def train_grpo(policy_path: Path | str, train_data_dir: Path, searcher: Searcher
                       processing_class=tok, rollout_func=rollout_func, callbacks=[logger],
                       shared_prefix=g.shared_prefix)
     t0 = time.perf_counter()
-    trainer.train(resume_from_checkpoint=str(resume[1]) if resume else None)
+    try:
+        trainer.train(resume_from_checkpoint=str(resume[1]) if resume else None)
+    finally:
+        if sampler is not None:
+            sampler.close()  # the rollout engine, held across steps
     ckpts = [str(p) for _, p in _published(work_dir)]
     last = logger.history[-1] if logger.history else {}
     return {"engine": "trl", "steps": trainer.state.global_step, "resumed_from_step": resume[0] if resume else 0,
