@@ -65,6 +65,10 @@ def test_vllm_sampler_keeps_one_engine_swaps_each_steps_weights_in_and_seeds_eac
     with pytest.raises(RuntimeError), sample(trainer, 4):  # a failed step closes the engine it used
         raise RuntimeError("search backend down")
     assert log[-1] == ("close", sampling_seed(3, 4, 0)) and len(made) == 2 and sample.generator is None
+    Engine.on_cpu = False  # a GPU engine: closed after each step's rollouts, its memory is the update's
+    with sample(trainer, 5) as gen:
+        pass
+    assert log[-1] == ("close", sampling_seed(3, 5, 0)) and sample.generator is None
     assert len({sampling_seed(s, t, r) for s in range(3) for t in range(20) for r in range(3)}) == 180
 
 

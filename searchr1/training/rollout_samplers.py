@@ -48,8 +48,9 @@ def in_process_sampler(temperature: float, top_p: float) -> Sampler:
 class VLLMSampler:
     """One vLLM engine for the whole run, holding the trainer's current weights at every step: step 1 opens it
     on the weights written to `scratch`, later steps swap theirs in (`VLLMGenerator.load_weights`: the same
-    outputs as a fresh engine, without a start's ~10 s beside the trainer). Draws are seeded by (seed, step);
-    see `sampling_seed`. `close()` stops the engine (the trainer calls it when training ends, however)."""
+    outputs as a fresh engine, without a start's ~10 s beside the trainer). On a GPU the engine is closed after
+    each step's rollouts instead (its memory is the update's). Draws are seeded by (seed, step); see
+    `sampling_seed`. `close()` stops the engine (the trainer calls it when training ends, however)."""
 
     def __init__(self, scratch: Path, agent: AgentConfig, policy: PolicyConfig, *, temperature: float,
                  top_p: float, kv_cache_gib: float, seed: int):
@@ -79,6 +80,10 @@ class VLLMSampler:
         except BaseException:
             self.close()  # a failed step leaves no half-used engine for the next one
             raise
+        if not getattr(self.generator, "on_cpu", True):
+            # on a GPU the engine's memory (gpu_memory_utilization) is the trainer's activations' room: freed
+            # for the update, as before engines were kept
+            self.close()
 
     def close(self) -> None:
         close_generator(self.generator)
