@@ -518,8 +518,8 @@ class VLLMGenerator:
 
     def load_weights(self, model_path: Any) -> None:
         """Swap another checkpoint's weights into the open engine, in place: what a fresh engine on `model_path`
-        would compute, without its start (GRPO opens one a step, the evaluation one a checkpoint; in a process
-        that holds a trainer, a start costs ~10 s, mostly allocating the KV cache).
+        would compute, without a fresh engine's start (in a process that holds a trainer ~10 s, mostly
+        allocating the KV cache; GRPO on CPU and the evaluation swap each step's or checkpoint's policy in).
 
         vLLM's own reload re-packs the layers it re-processes, but a weight two modules share (the tied
         embedding and LM head) is processed for one of them only: on CPU the LM head's oneDNN handle keeps

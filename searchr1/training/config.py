@@ -69,8 +69,9 @@ class GRPOConfig(Section):
     # their generation even when no group is flat. TRL engine only.
     spare_groups: int = Field(0, ge=0)
     # Who samples the rollouts (TRL engine): "transformers" = the model being trained, in this process;
-    # "vllm" = one vLLM engine, with agent.vllm's settings, that takes each step's current weights in place
-    # (VLLMGenerator.load_weights: a fresh engine's outputs). vLLM's draws are seeded by (run.seed, step, refill
+    # "vllm" = a vLLM engine, with agent.vllm's settings, on each step's current weights: on CPU one engine takes
+    # them in place (VLLMGenerator.load_weights: a fresh engine's outputs), on a GPU an engine is opened per step
+    # and closed before the update (its memory is the trainer's). vLLM's draws are seeded by (run.seed, step, refill
     # round), so a rerun or a resumed run samples the same rollouts.
     rollout_generator: Literal["transformers", "vllm"] = "transformers"
     rollout_kv_cache_gib: PositiveFloat = 2.0  # CPU vLLM's KV cache beside the trainer's memory (16 rows: ~0.8)
