@@ -44,6 +44,7 @@ BAD = [
     (["training.grpo.save_every=1000"], "no checkpoint would be written"),
     (["nokey"], "expected KEY.PATH=VALUE"),
     (["training.grpo=3"], "key 'training.grpo' = 3"),
+    (["training.engine=verl", "training.grpo.refill_rounds=0"], "training.grpo.warmup_first_step_moves: the TRL"),
 ]
 
 

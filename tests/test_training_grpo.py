@@ -223,3 +223,38 @@ def test_the_shared_prefix_log_probs_give_trls_update(policy, tmp_path, monkeypa
                                           {"trl": {"shared_prefix": False}, "shared": {"shared_prefix": True}})
     assert calls, "the shared-prefix run never called completion_logps"
     _same_update(deltas, responses, "shared", "trl")
+
+
+def test_warmup_factor_is_verls_ramp_or_the_same_ramp_one_step_on():
+    from searchr1.training.grpo import warmup_factor
+
+    assert [warmup_factor(k, 2, first_step_moves=False) for k in range(4)] == [0.0, 0.5, 1.0, 1.0]
+    assert [warmup_factor(k, 2, first_step_moves=True) for k in range(4)] == [1 / 3, 2 / 3, 1.0, 1.0]
+    assert [warmup_factor(k, 0, first_step_moves=f) for k in range(2) for f in (False, True)] == [1.0] * 4
+
+
+def test_a_warmup_whose_first_step_moves_changes_the_first_checkpoint(policy, tmp_path, monkeypatch):
+    """warmup_ratio 0.5 of 2 steps = 1 warmup step: verl's ramp trains step 1 at learning rate 0 (its checkpoint
+    is the start's weights), `warmup_first_step_moves` at half the rate. The reward varies with the response
+    length, so that the step has a gradient (the untrained policy's exact match is 0 everywhere)."""
+    from safetensors.torch import load_file
+
+    from searchr1.agent.protocol import AgentProtocol
+    from searchr1.training.grpo import train_grpo
+
+    monkeypatch.setattr(AgentProtocol, "reward", lambda self, text, gold, fmt=0.0: len(text) / 100.0)
+    start = load_file(str(Path(policy) / "model.safetensors"))
+    moved = {}
+    for moves in (False, True):
+        cfg = _cfg(2, tmp_path).model_dump(mode="json")
+        cfg["training"]["grpo"].update(warmup_ratio=0.5, warmup_first_step_moves=moves)
+        cfg = config_from_dict(cfg)
+        build_train_data(QS, cfg, tmp_path / "data")
+        work = tmp_path / f"moves-{moves}"
+        train_grpo(policy, tmp_path / "data", WordOverlapSearcher(DOCS), cfg, work)
+        first = load_file(str(list_checkpoints(work)[0][1] / "model.safetensors"))
+        moved[moves] = sum(int((first[k] != start[k]).sum()) for k in first if k in start)
+        lrs = [h["learning_rate"] for h in json.loads((list_checkpoints(work)[-1][1] / "trainer_state.json")
+                                                      .read_text())["log_history"] if "learning_rate" in h]
+        assert lrs == pytest.approx([5e-6 if moves else 0.0, 1e-5]), lrs
+    assert moved[False] == 0 and moved[True] > 0, moved

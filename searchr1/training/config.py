@@ -79,6 +79,9 @@ class GRPOConfig(Section):
     # calls in a step the run stops (the TRL engine's own loop stops at the first failure).
     max_tool_error_rate: float = Field(0.05, ge=0, le=1)
     warmup_ratio: float = Field(0.0, ge=0, lt=1)  # Search-R1: 0.285 of the steps, then constant
+    # verl's (and HF's) linear warmup trains the first step at learning rate 0: over Search-R1's 1005 steps one
+    # step, over 5 a checkpoint equal to the one before it. True: the same ramp one step on (`grpo.warmup_factor`).
+    warmup_first_step_moves: bool = False
     # bf16 autocast (weights stay fp32). On a Zen 4 CPU (avx512_bf16): 1.21x tokens/s per GRPO step, median
     # log-prob drift 0.003 vs fp32 (benchmarks/bench_grpo_step.py --compare bf16). "auto": on where the machine
     # computes bf16 natively (searchr1.precision; a CPU without it emulates bf16, slower than fp32).
@@ -185,6 +188,10 @@ class TrainingConfig(Section):
     def _batches(self) -> "TrainingConfig":
         if self.engine == "verl" and self.grpo.refill_rounds:
             raise ValueError("training.grpo.refill_rounds: the TRL engine's option; with engine 'verl' set it to 0")
+        if self.engine == "verl" and self.grpo.warmup_first_step_moves:
+            raise ValueError("training.grpo.warmup_first_step_moves: the TRL engine's option (verl's warmup is "
+                             "training.verl.lr_warmup_steps_ratio, first step at lr 0); with engine 'verl' set it "
+                             "to false")
         if self.grpo.save_every > self.grpo.steps:
             raise ValueError(f"grpo.save_every ({self.grpo.save_every}) > grpo.steps "
                              f"({self.grpo.steps}): no checkpoint would be written")

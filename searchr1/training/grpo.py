@@ -47,6 +47,17 @@ STAGING_DIR = ".trainer"  # the Trainer writes checkpoint-N here; we rename it i
 ROLLOUT_POLICY_DIR = ".rollout-policy"  # the weights a vLLM rollout engine loads, rewritten every step
 
 
+def warmup_factor(step: int, warmup_steps: int, first_step_moves: bool) -> float:
+    """The learning rate's multiplier at optimizer step `step` (from 0) of a linear warmup, then constant.
+
+    verl's and HF's ramp trains step 0 at 0 (AdamW only gathers its moments, so that step's checkpoint is its
+    start) and step k at k / warmup_steps; `first_step_moves` takes the same ramp one step on, k+1 over
+    warmup_steps+1, so that every step of a short run moves the policy."""
+    if first_step_moves:
+        return min(1.0, (step + 1) / (warmup_steps + 1))
+    return min(1.0, step / warmup_steps) if warmup_steps > 0 else 1.0
+
+
 # ---------------------------------------------------------------- rollouts and reward
 
 
@@ -299,10 +310,22 @@ def _trainer_classes():
         in micro-batches of neighbouring length (`length_micro_batches`) instead of TRL's shuffled split; with
         `shared_prefix`, scores them by `completion_logps` (the rows' common prompt once, the loss's tokens only)."""
 
-        def __init__(self, *args: Any, shared_prefix: bool = False, **kwargs: Any):
+        def __init__(self, *args: Any, shared_prefix: bool = False, warmup_first_step_moves: bool = False,
+                     **kwargs: Any):
+            self.warmup_first_step_moves = warmup_first_step_moves  # read by create_scheduler, called in train()
             super().__init__(*args, **kwargs)
             self.shared_prefix = shared_prefix
             self._scored = None  # the loss's tokens of the micro-batch being scored (TRL passes only attention)
+
+        def create_scheduler(self, num_training_steps, optimizer=None):
+            if self.lr_scheduler is None and self.warmup_first_step_moves:
+                from torch.optim.lr_scheduler import LambdaLR
+
+                warmup = self.args.get_warmup_steps(num_training_steps)
+                self.lr_scheduler = LambdaLR(optimizer or self.optimizer,
+                                             lambda step: warmup_factor(step, warmup, first_step_moves=True))
+                self._created_lr_scheduler = True
+            return super().create_scheduler(num_training_steps, optimizer)
 
         def _compute_loss(self, model, inputs):
             mask = inputs["completion_mask"]
@@ -443,7 +466,7 @@ def train_grpo(policy_path: Path | str, train_data_dir: Path, searcher: Searcher
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is marked experimental in TRL 1.16
     trainer = Trainer(model=model, reward_funcs=[reward], args=args, train_dataset=Dataset.from_list(rows),
                       processing_class=tok, rollout_func=rollout_func, callbacks=[logger],
-                      shared_prefix=g.shared_prefix)
+                      shared_prefix=g.shared_prefix, warmup_first_step_moves=g.warmup_first_step_moves)
     t0 = time.perf_counter()
     try:
         trainer.train(resume_from_checkpoint=str(resume[1]) if resume else None)
