@@ -177,10 +177,31 @@ def deviations(config: Mapping[str, Any], stages: Mapping[str, StageSummary]) ->
     if refill:
         out.append(f"**Dynamic sampling (DAPO):** up to {refill} draw(s) of fresh training questions per step replace "
                    "groups whose rollouts all got one reward; Search-R1 trains on every group as sampled.")
+    if _get(config, "training.engine") == "trl" and (warmup := _warmup_deviation(config, reference["warm-up ratio"])):
+        out.append(warmup)
     embedder = str(_get(config, "retrieval.embedder.model", ""))
     if embedder and "e5" not in embedder.lower():
         out.append(f"**Retriever:** `{embedder}` instead of e5-base-v2.")
     return out
+
+
+def _warmup_deviation(config: Mapping[str, Any], search_r1_ratio: float) -> str | None:
+    """The TRL engine's learning-rate warmup against Search-R1's (verl's ramp: the first step at rate 0)."""
+    ratio = float(_get(config, "training.grpo.warmup_ratio", 0.0) or 0.0)
+    moves = bool(_get(config, "training.grpo.warmup_first_step_moves", False)) and ratio > 0
+    if ratio == search_r1_ratio and not moves:
+        return None
+    steps = _get(config, "training.grpo.steps")
+    warmup = math.ceil(ratio * steps) if isinstance(steps, int) else None  # HF's and verl's count
+    if not ratio:
+        return f"**Learning-rate warmup:** none (Search-R1: {search_r1_ratio:g} of the steps)."
+    share = f"{ratio:g} of the steps" + (f" ({warmup} of {steps})" if warmup else "")
+    text = (f"**Learning-rate warmup:** Search-R1's {share}" if ratio == search_r1_ratio
+            else f"**Learning-rate warmup:** {share} (Search-R1: {search_r1_ratio:g})")
+    if moves and warmup:
+        text += (f", the ramp one step on: the first step trains at 1/{warmup + 1} of the rate, where verl's ramp "
+                 "trains it at 0 (over a short run, a checkpoint equal to its start)")
+    return text + "."
 
 
 def _config_summary(config: Mapping[str, Any]) -> str:
@@ -190,7 +211,8 @@ def _config_summary(config: Mapping[str, Any]) -> str:
             "agent.vllm.dtype", "training.engine", "training.warm_start.enabled", "training.warm_start.epochs",
             "training.warm_start.learning_rate", "training.warm_start.bf16",
             "training.grpo.bf16", "training.grpo.steps", "training.grpo.prompts_per_step",
-            "training.grpo.group_size", "training.grpo.learning_rate", "training.grpo.kl_coef",
+            "training.grpo.group_size", "training.grpo.learning_rate", "training.grpo.warmup_ratio",
+            "training.grpo.warmup_first_step_moves", "training.grpo.kl_coef",
             "training.grpo.temperature", "training.grpo.refill_rounds", "training.grpo.rollout_generator",
             "training.grpo.save_every", "evaluation.checkpoints", "evaluation.baselines", "evaluation.baselines_at",
             "reflection.bootstrap_samples", "reflection.lexicon_file"]

@@ -200,6 +200,26 @@ def test_deviations_name_the_sampling_and_the_warm_start_check_rate():
         "**Dynamic sampling (DAPO):** up to 2 draw(s)")
 
 
+@pytest.mark.parametrize("grpo,expected", [
+    ({"warmup_ratio": 0.285}, None),
+    ({"warmup_ratio": 0.285, "warmup_first_step_moves": True},
+     "**Learning-rate warmup:** Search-R1's 0.285 of the steps (2 of 5), the ramp one step on: the first step "
+     "trains at 1/3 of the rate, where verl's ramp trains it at 0 (over a short run, a checkpoint equal to its "
+     "start)."),
+    ({}, "**Learning-rate warmup:** none (Search-R1: 0.285 of the steps)."),
+    ({"warmup_first_step_moves": True}, "**Learning-rate warmup:** none (Search-R1: 0.285 of the steps)."),
+    ({"warmup_ratio": 0.5, "warmup_first_step_moves": True},
+     "**Learning-rate warmup:** 0.5 of the steps (3 of 5) (Search-R1: 0.285), the ramp one step on: the first step "
+     "trains at 1/4 of the rate, where verl's ramp trains it at 0 (over a short run, a checkpoint equal to its "
+     "start)."),
+])
+def test_the_trl_warmup_is_a_deviation_unless_it_is_search_r1s(grpo, expected):
+    cfg = {"training": {"engine": "trl", "grpo": {"steps": 5, **grpo}}}
+    found = [d for d in deviations(cfg, {}) if d.startswith("**Learning-rate warmup")]
+    assert found == ([expected] if expected else [])
+    assert not any("warmup" in d for d in deviations({"training": {"engine": "verl", "grpo": grpo}}, {}))
+
+
 def test_summaries_round_trip_through_the_manifest_json():
     for name, summary in _stages().items():
         again = read_summary(name, json.loads(json.dumps(summary.to_json())))
