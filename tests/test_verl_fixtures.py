@@ -60,7 +60,8 @@ def build_bm25_index(root: Path) -> Path:
 def small_verl_config(policy: Path, style: str = "tool_call", *extra: str) -> PipelineConfig:
     """The tiny profile run by verl: a 1-GPU shape, the agent budgets small enough to check by eye."""
     return load_config(ROOT / "configs" / "tiny.yaml", [
-        "training.engine=verl", "training.grpo.refill_rounds=0",  # DAPO refill is the TRL engine's option
+        # DAPO refill and the warmup's first-step shift are the TRL engine's options
+        "training.engine=verl", "training.grpo.refill_rounds=0", "training.grpo.warmup_first_step_moves=false",
         "training.verl.check_deviations=false", f"policy.model={policy}",
         "retrieval.index.kind=bm25", "retrieval.server.port=0", f"agent.prompt_style={style}", "agent.max_turns=3",
         "agent.max_new_tokens=64", "agent.max_obs_tokens=40", "agent.topk=2", "agent.max_response_tokens=400",
