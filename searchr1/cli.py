@@ -48,6 +48,8 @@ COMMANDS: tuple[Command, ...] = (
             "SIGKILL the pipeline inside each stage, resume, compare with an uninterrupted run"),
     Command(("fingerprints",), "flows.fingerprints:main",
             "save the content hashes of a run's stage outputs, or compare a run with saved ones"),
+    Command(("grpo-streams",), "searchr1.grpo_streams:main",
+            "GRPO again from a run's warm start under other seeds or settings, each stream scored held-out"),
     Command(("report", "open"), "searchr1.cli:report_open", "print (and open) the latest run report"),
     Command(("serve",), "flows.serve:serve_main",
             "start the Prefect server on 127.0.0.1 and serve the deployments (what `make serve` runs)"),

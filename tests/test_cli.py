@@ -113,6 +113,20 @@ def test_report_open_finds_reports_and_names_a_wrong_run_id(capsys, tmp_path):
     assert find_report(tmp_path) == first
 
 
+def test_grpo_streams_names_a_missing_warm_start_a_bad_ledger_line_and_bad_seeds(capsys, tmp_path):
+    code, _, err = run(capsys, "grpo-streams", "--artifacts", str(tmp_path))
+    assert code == 2 and "no pipeline run under" in err and "--until warm-start" in err
+    ledger = tmp_path / "runs" / "r1" / "stages.jsonl"
+    ledger.parent.mkdir(parents=True)
+    ledger.write_text('{"stage": "corpus", "key": "k", "status": "ran"}\nnot json\n')
+    code, _, err = run(capsys, "grpo-streams", "--artifacts", str(tmp_path), "--run-id", "r1")
+    assert code == 2 and f"{ledger}:2: expected one JSON object a line" in err
+    code, _, err = run(capsys, "grpo-streams", "--artifacts", str(tmp_path), "--run-id", "r2")
+    assert code == 2 and "--run-id 'r2': no ledger" in err
+    code, _, err = run(capsys, "grpo-streams", "--seeds", "one,two")
+    assert code == 2 and "--seeds 'one,two': expected integers" in err
+
+
 def test_serve_status_stop_refuse_a_bad_port_or_profile(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
     code, _, err = run(capsys, "serve", "huge")

@@ -60,3 +60,21 @@ def test_every_stage_runs_then_a_rerun_in_a_moved_folder_reuses_them_all(prefect
     assert statuses(ledger(moved, "e2e-2")) == [(s, "cached") for s in STAGES[:-1]] + [("report", "ran")]
     assert {k: v for k, v in again.items() if k != "report"} == {
         k: str(moved / Path(v).relative_to(first)) for k, v in paths.items() if k != "report"}
+
+    # `searchr1 grpo-streams` from that run's warm start: the run's own stream repeats its GRPO stage byte for byte,
+    # and the table gives its gain over the warm start the run's evaluation scored
+    from searchr1.grpo_streams import main as streams_main
+
+    out = tmp_path / "streams"
+    assert streams_main(["--seeds", "0", "--artifacts", str(moved), "--run-id", "e2e-2", "--out", str(out),
+                         *MICRO, f"run.artifacts_dir={moved}"]) == 0
+    ckpt = "checkpoints/step-000001/model.safetensors"
+    assert (out / "seed-0" / "train" / ckpt).read_bytes() == (Path(again["train"]) / ckpt).read_bytes()
+    table = (out / "streams.md").read_text()
+    assert "| seed | step 1 | best | best step | gain |" in table and (out / "streams.png").is_file()
+    import pandas as pd
+
+    rows = pd.read_parquet(out / "streams.parquet")
+    stream_em = rows[(rows.step == 1) & (rows.benchmark == "average")].value.tolist()
+    flow_em = json.loads((Path(again["evaluate"]) / "_manifest.json").read_text())["summary"]
+    assert stream_em == [pytest.approx(flow_em["search_agent_average_em"]["1"])]  # the same checkpoint, scored again
