@@ -106,15 +106,19 @@ def plot_streams(rows: pd.DataFrame, warm_start: float | None, path: Path) -> Pa
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6.4, 4))
     avg = rows[rows.benchmark == "average"]
+    start = [] if warm_start is None else [(0, warm_start * 100)]  # every stream leaves from the warm start
     for seed, part in avg.groupby("seed"):
-        part = part.sort_values("step")
-        ax.plot(part.step, part.value * 100, marker="o", label=f"run.seed={seed}")
+        points = start + list(zip(part.sort_values("step").step, part.sort_values("step").value * 100, strict=True))
+        ax.plot(*zip(*points, strict=True), marker="o", label=f"run.seed={seed}")
     if warm_start is not None:
         ax.axhline(warm_start * 100, color="grey", linestyle="--", label="warm start")
-    ax.set(xlabel="GRPO step", ylabel="held-out average EM (%)", title="GRPO streams from one warm start")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="GRPO step (0: the warm start)", ylabel="held-out average EM (%)",
+           title="GRPO streams from one warm start")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
