@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from searchr1 import markdown as md
+from searchr1.ledger import ledger_path, read_ledger
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -72,8 +73,7 @@ def _attempt(artifacts: Path, run_id: str, until: str, fault: str | None, log: P
 
 
 def _ledger(artifacts: Path, run_id: str) -> list[dict]:
-    path = artifacts / "runs" / run_id / "stages.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    return read_ledger(ledger_path(artifacts, run_id))
 
 
 DATA_SUFFIXES = (".parquet", ".jsonl", ".json", ".safetensors", ".faiss", ".npy", ".arrow")

@@ -20,6 +20,7 @@ from prefect.states import State
 from flows import quiet, run_artifacts
 from searchr1.config import ConfigError, PipelineConfig, load_config
 from searchr1.io import digest
+from searchr1.ledger import LEDGER, read_ledger
 from searchr1.models import check_available, resolve_policy
 from searchr1.tracking import PipelineTracker, headline_metrics, run_label
 from tasks._stage import PipelineContext, StageOutput
@@ -138,7 +139,7 @@ def reproduce(config: str = "configs/tiny.yaml", overrides: list[str] | None = N
             run_artifacts.publish(ctx.run_dir, STAGES, started, parent.url, report_file, label)
         except Exception as exc:  # the results exist either way; never fail a run over its links
             logger.warning("could not publish the run's Prefect artifacts: %r", exc)
-        rows = run_artifacts.stage_rows(run_artifacts.read_ledger(ctx.run_dir), STAGES, started)
+        rows = run_artifacts.stage_rows(read_ledger(ctx.run_dir / LEDGER), STAGES, started)
         print("Stage times:\n" + run_artifacts.stage_times_text(rows, time.time() - started))
 
 

@@ -3,7 +3,6 @@ a table of its stages (status and time), read from the stage ledger (artifacts/r
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,12 +10,7 @@ from typing import Any
 
 from prefect.artifacts import create_link_artifact, create_table_artifact
 
-
-def read_ledger(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / "stages.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+from searchr1.ledger import LEDGER, read_ledger
 
 
 def stage_rows(ledger: Sequence[dict[str, Any]], stages: Sequence[str], since: float = 0.0) -> list[dict[str, Any]]:
@@ -68,7 +62,7 @@ def publish(run_dir: Path, stages: Sequence[str], since: float, mlflow_url: str 
     if report is not None and report.is_file():
         create_link_artifact(report.resolve().as_uri(), link_text=str(report), key="report-file",
                              description="The run report (self-contained HTML); `searchr1 report open` prints it")
-    rows = stage_rows(read_ledger(run_dir), stages, since)
+    rows = stage_rows(read_ledger(Path(run_dir) / LEDGER), stages, since)
     if rows:
         create_table_artifact(rows, key="stages", description=f"Stages of {label}: status and seconds "
-                              f"(cached = reused from an earlier run; from {Path(run_dir) / 'stages.jsonl'})")
+                              f"(cached = reused from an earlier run; from {Path(run_dir) / LEDGER})")

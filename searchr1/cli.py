@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import sys
 import webbrowser
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from searchr1.ledger import ledger_path, read_ledger
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -130,13 +131,13 @@ def find_report(artifacts: Path, run_id: str | None = None) -> Path:
     """report.html of pipeline run `run_id` (the last report its ledger names), or the newest one built."""
     cache = artifacts / "cache" / REPORT_STAGE
     if run_id is not None:
-        ledger = artifacts / "runs" / run_id / "stages.jsonl"
+        ledger = ledger_path(artifacts, run_id)
         if not ledger.is_file():
             known = sorted(p.name for p in (artifacts / "runs").glob("*") if p.is_dir())[-5:]
             raise ReportNotFound(f"--run-id {run_id!r}: no pipeline run with that id under {artifacts / 'runs'}"
                                  f" (latest: {', '.join(known) or 'none'})")
-        rows = [json.loads(line) for line in ledger.read_text().splitlines() if line.strip()]
-        keys = [r["key"] for r in rows if r.get("stage") == REPORT_STAGE and r.get("status") in ("ran", "cached")]
+        keys = [r["key"] for r in read_ledger(ledger)
+                if r.get("stage") == REPORT_STAGE and r.get("status") in ("ran", "cached")]
         if not keys:
             raise ReportNotFound(f"--run-id {run_id!r}: that run has not built its report yet ({ledger})")
         path = cache / keys[-1] / "report.html"

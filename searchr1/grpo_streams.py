@@ -16,7 +16,6 @@ same kind of CPU (the study log's one-off runs were this).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ import pandas as pd
 
 from searchr1.config import ConfigError, PipelineConfig, load_config
 from searchr1.io import write_text_atomic
+from searchr1.ledger import LEDGER, ledger_path, read_ledger
 from searchr1.markdown import frame_table
 from searchr1.schema import AGENT
 from searchr1.stage_cache import StageDir, StageOutput
@@ -37,23 +37,16 @@ PROJECT = Path(__file__).resolve().parents[1]
 
 def run_stages(artifacts: Path, run_id: str | None = None) -> dict[str, StageOutput]:
     """{stage: published output} of a pipeline run (`run_id`, or the newest whose warm start is done), from its
-    ledger `artifacts/runs/<id>/stages.jsonl`."""
+    ledger (`searchr1.ledger`)."""
     runs = Path(artifacts) / "runs"
     if run_id is not None:
-        ledgers = [runs / run_id / "stages.jsonl"]
+        ledgers = [ledger_path(artifacts, run_id)]
         if not ledgers[0].is_file():
             raise FileNotFoundError(f"--run-id {run_id!r}: no ledger {ledgers[0]}")
     else:
-        ledgers = sorted(runs.glob("*/stages.jsonl"), key=lambda p: p.stat().st_mtime, reverse=True)
+        ledgers = sorted(runs.glob(f"*/{LEDGER}"), key=lambda p: p.stat().st_mtime, reverse=True)
     for ledger in ledgers:
-        keys: dict[str, str] = {}
-        for n, line in enumerate(ledger.read_text(encoding="utf-8").splitlines(), 1):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{ledger}:{n}: expected one JSON object a line ({e})") from None
-            if row.get("status") in ("ran", "cached"):
-                keys[row["stage"]] = row["key"]
+        keys = {r["stage"]: r["key"] for r in read_ledger(ledger) if r.get("status") in ("ran", "cached")}
         done = {s: StageDir(artifacts, s, k) for s, k in keys.items()}
         if all(s in done and done[s].is_complete() for s in INPUTS):
             return {s: d.load() for s, d in done.items() if d.is_complete()}
@@ -112,7 +105,8 @@ def plot_streams(rows: pd.DataFrame, warm_start: float | None, path: Path) -> Pa
     avg = rows[rows.benchmark == "average"]
     start = [] if warm_start is None else [(0, warm_start * 100)]  # every stream leaves from the warm start
     for seed, part in avg.groupby("seed"):
-        points = start + list(zip(part.sort_values("step").step, part.sort_values("step").value * 100, strict=True))
+        part = part.sort_values("step")
+        points = start + list(zip(part.step, part.value * 100, strict=True))
         ax.plot(*zip(*points, strict=True), marker="o", label=f"run.seed={seed}")
     if warm_start is not None:
         ax.axhline(warm_start * 100, color="grey", linestyle="--", label="warm start")

@@ -225,12 +225,23 @@ def test_the_shared_prefix_log_probs_give_trls_update(policy, tmp_path, monkeypa
     _same_update(deltas, responses, "shared", "trl")
 
 
-def test_warmup_factor_is_verls_ramp_or_the_same_ramp_one_step_on():
+def test_warmup_factor_is_verls_ramp_one_step_on():
+    import torch
+    from transformers import get_constant_schedule_with_warmup
+
     from searchr1.training.grpo import warmup_factor
 
-    assert [warmup_factor(k, 2, first_step_moves=False) for k in range(4)] == [0.0, 0.5, 1.0, 1.0]
-    assert [warmup_factor(k, 2, first_step_moves=True) for k in range(4)] == [1 / 3, 2 / 3, 1.0, 1.0]
-    assert [warmup_factor(k, 0, first_step_moves=f) for k in range(2) for f in (False, True)] == [1.0] * 4
+    # HF's ramp (the trainer's without the option; verl's is the same): step 0 at 0
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    hf = get_constant_schedule_with_warmup(opt, num_warmup_steps=2)
+    lrs = []
+    for _ in range(4):
+        lrs.append(hf.get_last_lr()[0])
+        opt.step()
+        hf.step()
+    assert lrs == [0.0, 0.5, 1.0, 1.0]
+    assert [warmup_factor(k, 2) for k in range(4)] == [1 / 3, 2 / 3, 1.0, 1.0]
+    assert [warmup_factor(k, 0) for k in range(2)] == [1.0] * 2
 
 
 def test_a_warmup_whose_first_step_moves_changes_the_first_checkpoint(policy, tmp_path, monkeypatch):

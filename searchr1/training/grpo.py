@@ -47,15 +47,14 @@ STAGING_DIR = ".trainer"  # the Trainer writes checkpoint-N here; we rename it i
 ROLLOUT_POLICY_DIR = ".rollout-policy"  # the weights a vLLM rollout engine loads, rewritten every step
 
 
-def warmup_factor(step: int, warmup_steps: int, first_step_moves: bool) -> float:
-    """The learning rate's multiplier at optimizer step `step` (from 0) of a linear warmup, then constant.
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """`training.grpo.warmup_first_step_moves`: the learning rate's multiplier at optimizer step `step` (from 0).
 
-    verl's and HF's ramp trains step 0 at 0 (AdamW only gathers its moments, so that step's checkpoint is its
-    start) and step k at k / warmup_steps; `first_step_moves` takes the same ramp one step on, k+1 over
-    warmup_steps+1, so that every step of a short run moves the policy."""
-    if first_step_moves:
-        return min(1.0, (step + 1) / (warmup_steps + 1))
-    return min(1.0, step / warmup_steps) if warmup_steps > 0 else 1.0
+    verl's and HF's constant-with-warmup ramp (`constant_with_warmup`, what the trainer builds otherwise) trains
+    step k at k / warmup_steps, step 0 at 0 (AdamW only gathers its moments, so that step's checkpoint is its
+    start); this is the same ramp one step on, k+1 over warmup_steps+1, so that every step of a short run moves
+    the policy."""
+    return min(1.0, (step + 1) / (warmup_steps + 1))
 
 
 # ---------------------------------------------------------------- rollouts and reward
@@ -322,8 +321,7 @@ def _trainer_classes():
                 from torch.optim.lr_scheduler import LambdaLR
 
                 warmup = self.args.get_warmup_steps(num_training_steps)
-                self.lr_scheduler = LambdaLR(optimizer or self.optimizer,
-                                             lambda step: warmup_factor(step, warmup, first_step_moves=True))
+                self.lr_scheduler = LambdaLR(optimizer or self.optimizer, lambda step: warmup_factor(step, warmup))
                 self._created_lr_scheduler = True
             return super().create_scheduler(num_training_steps, optimizer)
 
