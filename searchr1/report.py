@@ -179,6 +179,8 @@ def deviations(config: Mapping[str, Any], stages: Mapping[str, StageSummary]) ->
                    "groups whose rollouts all got one reward; Search-R1 trains on every group as sampled.")
     if _get(config, "training.engine") == "trl" and (warmup := _warmup_deviation(config, reference["warm-up ratio"])):
         out.append(warmup)
+    if reward := _reward_deviation(config):
+        out.append(reward)
     embedder = str(_get(config, "retrieval.embedder.model", ""))
     if embedder and "e5" not in embedder.lower():
         out.append(f"**Retriever:** `{embedder}` instead of e5-base-v2.")
@@ -204,6 +206,19 @@ def _warmup_deviation(config: Mapping[str, Any], search_r1_ratio: float) -> str 
     return text + "."
 
 
+def _reward_deviation(config: Mapping[str, Any]) -> str | None:
+    """The reward's named deviations from Search-R1's exact match (`AgentProtocol.reward`)."""
+    credit = float(_get(config, "training.grpo.format_reward", 0.0) or 0.0)
+    penalty = float(_get(config, "training.grpo.invalid_call_penalty", 0.0) or 0.0)
+    terms = ([f"a wrong but present answer scores {credit:g}"] if credit else []) + (
+        [f"a right answer whose text holds a malformed search call scores {1 - penalty:g} "
+         "(the right-answer branch of Search-R1's `qa_em_format`, with malformed calls as the invalid format)"]
+        if penalty else [])
+    if not terms:
+        return None
+    return f"**Reward:** exact match of the last answer, as Search-R1's, except that {'; '.join(terms)}."
+
+
 def _config_summary(config: Mapping[str, Any]) -> str:
     keys = ["run.name", "run.seed", "corpus.source", "questions.source", "questions.eval_benchmarks",
             "questions.max_eval_questions", "retrieval.topk", "retrieval.embedder.model", "retrieval.index.kind",
@@ -212,7 +227,8 @@ def _config_summary(config: Mapping[str, Any]) -> str:
             "training.warm_start.learning_rate", "training.warm_start.bf16",
             "training.grpo.bf16", "training.grpo.steps", "training.grpo.prompts_per_step",
             "training.grpo.group_size", "training.grpo.learning_rate", "training.grpo.warmup_ratio",
-            "training.grpo.warmup_first_step_moves", "training.grpo.kl_coef",
+            "training.grpo.warmup_first_step_moves", "training.grpo.kl_coef", "training.grpo.format_reward",
+            "training.grpo.invalid_call_penalty",
             "training.grpo.temperature", "training.grpo.refill_rounds", "training.grpo.rollout_generator",
             "training.grpo.save_every", "evaluation.checkpoints", "evaluation.baselines", "evaluation.baselines_at",
             "reflection.bootstrap_samples", "reflection.lexicon_file"]

@@ -95,3 +95,22 @@ def test_reward_is_exact_match_of_the_last_answer():
     assert p.reward("no answer at all: Tarnhollow", ["Tarnhollow"]) == 0.0
     assert p.reward("<answer>Quenby</answer>", ["Tarnhollow"], format_reward=0.1) == 0.1  # a named deviation
     assert p.reward("Tarnhollow", ["Tarnhollow"], format_reward=0.1) == 0.0  # no answer, no format credit
+
+
+def test_invalid_call_penalty_takes_off_only_a_right_answer_beside_a_malformed_call():
+    p = AgentProtocol()
+    good = '<tool_call>{"name": "search", "arguments": {"query_list": ["Quenby birthplace"]}}</tool_call>'
+    bad = '<tool_call>{"name": "verify", "arguments": {"query_list": ["Quenby"]}}</tool_call>'
+    unreadable = "<tool_call>Quenby was born in Tarnhollow</tool_call>"
+    right = "<answer>Tarnhollow</answer>"
+    for malformed in (bad, unreadable, good + bad):
+        assert p.reward(malformed + right, ["Tarnhollow"], invalid_call_penalty=0.2) == pytest.approx(0.8)
+        assert p.reward(malformed + right, ["Tarnhollow"]) == 1.0  # Search-R1's EM does not see it
+        assert p.reward(malformed + "<answer>Quenby</answer>", ["Tarnhollow"], invalid_call_penalty=0.2) == 0.0
+    assert p.reward(good + right, ["Tarnhollow"], invalid_call_penalty=0.2) == 1.0
+    assert p.reward(bad + "<answer>Quenby</answer>", ["Tarnhollow"], format_reward=0.1,
+                    invalid_call_penalty=0.2) == 0.1  # a wrong answer keeps its format credit
+    search_r1 = AgentProtocol(style="search_r1")  # the <search> style's malformed call: an empty query
+    empty = "<search> </search>" + right
+    assert search_r1.reward(empty, ["Tarnhollow"], invalid_call_penalty=0.2) == pytest.approx(0.8)
+    assert search_r1.reward("<search>Quenby</search>" + right, ["Tarnhollow"], invalid_call_penalty=0.2) == 1.0

@@ -71,6 +71,17 @@ def test_reward_scores_a_refilled_rollout_against_its_own_question(tmp_path):
     assert list(rows["benchmark"]) == ["single_hop", "bridge"]
 
 
+def test_the_trainers_reward_takes_the_configs_named_deviations(tmp_path):
+    grpo = PipelineConfig.model_validate({"training": {"grpo": {"invalid_call_penalty": 0.25}}}).training.grpo
+    assert grpo.reward_terms == {"format_reward": 0.0, "invalid_call_penalty": 0.25}
+    clean, garbled = _ro("q1", "Q1"), _ro("q2", "Q2")
+    garbled.segments.insert(0, {"role": "assistant", "text": "<tool_call>q2's answer</tool_call>"})
+    out = SearchR1Reward(tmp_path, AgentProtocol.from_config(PipelineConfig().agent), grpo.reward_terms)(
+        ["q1", "q2"], ["", ""], rollout=[clean, garbled], golden_answers=[["Q1"], ["Q2"]], question_id=["1", "2"],
+        benchmark=["single_hop"] * 2, trainer_state=SimpleNamespace(global_step=0))
+    assert out == [1.0, 0.75]
+
+
 def test_refill_is_the_trl_engines_option():
     import pytest
 

@@ -220,6 +220,21 @@ def test_the_trl_warmup_is_a_deviation_unless_it_is_search_r1s(grpo, expected):
     assert not any("warmup" in d for d in deviations({"training": {"engine": "verl", "grpo": grpo}}, {}))
 
 
+@pytest.mark.parametrize("grpo,expected", [
+    ({}, None),
+    ({"format_reward": 0.0, "invalid_call_penalty": 0.0}, None),
+    ({"invalid_call_penalty": 0.2}, "**Reward:** exact match of the last answer, as Search-R1's, except that a right "
+     "answer whose text holds a malformed search call scores 0.8 (the right-answer branch of Search-R1's "
+     "`qa_em_format`, with malformed calls as the invalid format)."),
+    ({"format_reward": 0.1}, "**Reward:** exact match of the last answer, as Search-R1's, except that a wrong but "
+     "present answer scores 0.1."),
+])
+def test_a_reward_other_than_exact_match_is_a_deviation(grpo, expected):
+    for engine in ("trl", "verl"):
+        found = [d for d in deviations({"training": {"engine": engine, "grpo": grpo}}, {}) if d.startswith("**Reward")]
+        assert found == ([expected] if expected else [])
+
+
 def test_summaries_round_trip_through_the_manifest_json():
     for name, summary in _stages().items():
         again = read_summary(name, json.loads(json.dumps(summary.to_json())))

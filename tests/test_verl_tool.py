@@ -98,6 +98,11 @@ def test_reward_scores_only_what_the_model_wrote():
     assert compute_score("searchR1_nq", full, gt) == 0.0  # without the loop's field: verl's whole response
     assert compute_score("searchR1_nq", "<think>a</think>" + SEARCH_R1_INVALID, gt) == 0.0
     assert compute_score("searchR1_nq", "<answer>Quenby</answer>", gt, format_reward=0.1) == 0.1
+    empty = "<search></search><answer>Tarnhollow</answer>"  # an empty call: malformed in Search-R1's style
+    assert compute_score("searchR1_nq", empty, gt, invalid_call_penalty=0.25, prompt_style="search_r1") == 0.75
+    assert compute_score("searchR1_nq", empty, gt, invalid_call_penalty=0.25) == 1.0  # no call in the tool_call style
+    with pytest.raises(ValueError, match="prompt_style 'xml'"):
+        compute_score("searchR1_nq", empty, gt, prompt_style="xml")
     assert compute_score("searchR1_nq", "<answer>tarnhollow.</answer>", ["Tarnhollow"]) == 1.0
 
 

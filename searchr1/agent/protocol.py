@@ -171,10 +171,18 @@ class AgentProtocol:
         """The answer of a response: its last `<answer>` (the prompt shows an example one)."""
         return extract_answer(model_text)
 
-    def reward(self, model_text: str, golden_answers: str | Sequence[str], format_reward: float = 0.0) -> float:
-        """Search-R1's reward: exact match of the last answer; `format_reward` for a wrong but present
-        answer (0 in Search-R1; a named deviation when set)."""
+    def reward(self, model_text: str, golden_answers: str | Sequence[str], format_reward: float = 0.0,
+               invalid_call_penalty: float = 0.0) -> float:
+        """Search-R1's reward: exact match of the last answer. Two named deviations, both 0 in Search-R1's
+        runs: `format_reward` for a wrong but present answer, and `invalid_call_penalty` taken off a right
+        answer whose text holds a malformed search call (the branch of Search-R1's `qa_em_format` that scores
+        a right answer in an invalid sequence `score - structure_format_score`; here "invalid" is narrower:
+        a call the parser could not read as a `search` call, which the seed's rule still runs as raw text)."""
         pred = self.prediction(model_text)
         if pred is None:
             return 0.0
-        return exact_match(pred, golden_answers) or float(format_reward)
+        if not exact_match(pred, golden_answers):
+            return float(format_reward)
+        if invalid_call_penalty and self.parse(model_text).invalid:
+            return 1.0 - float(invalid_call_penalty)
+        return 1.0

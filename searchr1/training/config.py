@@ -60,6 +60,11 @@ class GRPOConfig(Section):
     top_p: float = Field(1.0, gt=0, le=1)  # Search-R1's ppo_trainer.yaml: 0.95
     save_every: PositiveInt = 10
     format_reward: NonNegativeFloat = 0.0  # Search-R1 uses EM only
+    # Taken off a right answer whose text holds a malformed search call (a named deviation; Search-R1's EM-only
+    # runs: 0). EM alone never sees such a call when the answer is right, so a step that garbles the call's JSON
+    # is reinforced as long as the answers hold. Search-R1's format variant (`qa_em_format`) scores a right answer
+    # in an invalid sequence 1 - structure_format_score (0.2 in its scripts). AgentProtocol.reward applies it.
+    invalid_call_penalty: float = Field(0.0, ge=0, le=1)
     # DAPO's dynamic sampling (Search-R1 has none): up to this many extra draws per step replace the groups
     # whose rollouts all got the same reward (no advantage, nothing learnt) with fresh questions' groups that
     # did not. Costs generation only; the trained batch keeps its size. TRL engine only.
@@ -103,6 +108,11 @@ class GRPOConfig(Section):
 
     _auto_bf16 = field_validator("bf16", mode="before")(resolve_bf16)
     _prefix_check = model_validator(mode="after")(_prefix_needs_full_activations("grpo"))
+
+    @property
+    def reward_terms(self) -> dict[str, float]:
+        """`AgentProtocol.reward`'s keyword arguments: the named deviations from Search-R1's exact match."""
+        return {"format_reward": self.format_reward, "invalid_call_penalty": self.invalid_call_penalty}
 
     @property
     def rollouts_per_step(self) -> int:

@@ -89,7 +89,7 @@ def refill_flat_groups(rollouts: list[Rollout], rewards: list[float], group_size
 
 def make_rollout_func(searcher: Searcher, agent: AgentConfig, *, temperature: float, top_p: float,
                       questions: Sequence[Mapping[str, Any]] = (), group_size: int = 1, refill_rounds: int = 0,
-                      seed: int = 0, format_reward: float = 0.0, sampler: Sampler | None = None,
+                      seed: int = 0, reward_terms: Mapping[str, float] | None = None, sampler: Sampler | None = None,
                       spare_groups: int = 0) -> Callable[[list[str], Any], dict[str, list]]:
     """TRL's `rollout_func`: one sampled multi-turn rollout per prompt received (TRL's sampler already
     repeats each question `group_size` times), by the evaluation loop, with the policy of the step: the model
@@ -98,12 +98,12 @@ def make_rollout_func(searcher: Searcher, agent: AgentConfig, *, temperature: fl
     `questions` (the TRL training rows) let each rollout carry its question's id, golden answers and suite,
     and, with `refill_rounds` > 0, supply the fresh questions that replace groups with no reward variance
     (drawn with a generator seeded by (seed, step, round): a resumed run draws the same ones). Flat is judged
-    by the reward the trainer uses (`format_reward` as in `SearchR1Reward`). With `spare_groups` > 0 that many
+    by the reward the trainer uses (`reward_terms` as in `SearchR1Reward`). With `spare_groups` > 0 that many
     fresh questions' groups are sampled in the step's first batch (DAPO oversamples the same way) and replace
     flat groups before any refill round: one batch of rollouts instead of one after another.
     """
     rows = {str(q["prompt"]): q for q in questions}
-    protocol = AgentProtocol.from_config(agent)
+    protocol, terms = AgentProtocol.from_config(agent), dict(reward_terms or {})
     sampler = sampler or in_process_sampler(temperature, top_p)
     if (refill_rounds or spare_groups) and not rows:
         raise ValueError("grpo.refill_rounds or grpo.spare_groups > 0 needs the training questions to draw fresh "
@@ -134,7 +134,7 @@ def make_rollout_func(searcher: Searcher, agent: AgentConfig, *, temperature: fl
             if refill_rounds or spare_rollouts:
 
                 def reward_of(ros: Sequence[Rollout]) -> list[float]:
-                    return [protocol.reward(model_text(r.segments), r.question["golden_answers"], format_reward)
+                    return [protocol.reward(model_text(r.segments), r.question["golden_answers"], **terms)
                             for r in ros]
 
                 def sample(round_: int, k: int) -> tuple[list[Rollout], list[float]]:
@@ -168,9 +168,9 @@ class SearchR1Reward:
 
     __name__ = "exact_match"  # TRL names the reward column after it
 
-    def __init__(self, work_dir: Path, protocol: AgentProtocol, format_reward: float = 0.0):
+    def __init__(self, work_dir: Path, protocol: AgentProtocol, reward_terms: Mapping[str, float] | None = None):
         self.rollouts_dir = Path(work_dir) / ROLLOUTS_DIR
-        self.protocol, self.format_reward = protocol, format_reward
+        self.protocol, self.reward_terms = protocol, dict(reward_terms or {})
         self.pending: dict[int, dict[str, float]] = {}
 
     def __call__(self, prompts, completions, rollout: Sequence[Rollout] = (), golden_answers=None,
@@ -183,7 +183,7 @@ class SearchR1Reward:
                 ro.question = {**ro.question, "id": str(question_id[i]), "golden_answers": list(golden_answers[i]),
                                "benchmark": benchmark[i]}
             gold = ro.question["golden_answers"]
-            rewards.append(self.protocol.reward(model_text(ro.segments), gold, self.format_reward))
+            rewards.append(self.protocol.reward(model_text(ro.segments), gold, **self.reward_terms))
             rows.append(ro.to_row("train", step, AGENT, ro.question.get("benchmark", benchmark[i])))
         write_rollouts(rows, self.rollouts_dir / f"{step_name(step)}.parquet")
         self.pending[step] = step_metrics(rows)
@@ -450,7 +450,7 @@ def train_grpo(policy_path: Path | str, train_data_dir: Path, searcher: Searcher
     rows = read_trl_rows(train_data_dir)
     model, tok = load_for_training(policy_path, cfg)
     g = cfg.training.grpo
-    reward = SearchR1Reward(work_dir, AgentProtocol.from_config(cfg.agent), g.format_reward)
+    reward = SearchR1Reward(work_dir, AgentProtocol.from_config(cfg.agent), g.reward_terms)
     StepLogger, Trainer = _trainer_classes()
     logger = StepLogger(reward, log_metrics)
     args = grpo_args(cfg, work_dir, **dict(trl_overrides or {}))
@@ -460,7 +460,7 @@ def train_grpo(policy_path: Path | str, train_data_dir: Path, searcher: Searcher
                                top_p=g.top_p, kv_cache_gib=g.rollout_kv_cache_gib, seed=cfg.run.seed)
     rollout_func = make_rollout_func(searcher, cfg.agent, temperature=g.temperature, top_p=g.top_p, questions=rows,
                                      group_size=g.group_size, refill_rounds=g.refill_rounds, seed=cfg.run.seed,
-                                     format_reward=g.format_reward, sampler=sampler, spare_groups=g.spare_groups)
+                                     reward_terms=g.reward_terms, sampler=sampler, spare_groups=g.spare_groups)
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is marked experimental in TRL 1.16
     trainer = Trainer(model=model, reward_funcs=[reward], args=args, train_dataset=Dataset.from_list(rows),
                       processing_class=tok, rollout_func=rollout_func, callbacks=[logger],

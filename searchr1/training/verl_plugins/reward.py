@@ -15,7 +15,8 @@ from searchr1.agent.protocol import AgentProtocol
 
 MODEL_TEXT = "model_text"  # the extra field our agent loop fills
 
-_PROTOCOL = AgentProtocol()  # the reward rule does not depend on the budgets or the prompt style
+# The reward rule does not depend on the budgets; the prompt style says which tags are a search call.
+_PROTOCOLS = {style: AgentProtocol(style=style) for style in ("tool_call", "search_r1")}
 
 
 def golden_answers(ground_truth: Any) -> list[str]:
@@ -29,9 +30,13 @@ def golden_answers(ground_truth: Any) -> list[str]:
 
 
 def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_info: Mapping[str, Any] | None = None,
-                  format_reward: float = 0.0, **kwargs: Any) -> float:
-    """Exact match of the last `<answer>` the model wrote (1.0 / 0.0); `format_reward` (a named deviation,
-    0 in Search-R1) for a wrong but present answer. verl passes `format_reward` from `reward_kwargs`."""
+                  format_reward: float = 0.0, invalid_call_penalty: float = 0.0, prompt_style: str = "tool_call",
+                  **kwargs: Any) -> float:
+    """Exact match of the last `<answer>` the model wrote (1.0 / 0.0), with `AgentProtocol.reward`'s two named
+    deviations (0 in Search-R1): `format_reward` for a wrong but present answer, `invalid_call_penalty` off a
+    right answer beside a malformed search call. verl passes them and the run's prompt style from `reward_kwargs`."""
+    if prompt_style not in _PROTOCOLS:
+        raise ValueError(f"reward_kwargs.prompt_style {prompt_style!r}: expected one of {sorted(_PROTOCOLS)}")
     text = (extra_info or {}).get(MODEL_TEXT)
-    return _PROTOCOL.reward(solution_str if text is None else str(text), golden_answers(ground_truth),
-                            format_reward=float(format_reward))
+    return _PROTOCOLS[prompt_style].reward(solution_str if text is None else str(text), golden_answers(ground_truth),
+                            format_reward=float(format_reward), invalid_call_penalty=float(invalid_call_penalty))

@@ -49,6 +49,9 @@ SEARCH_R1: tuple[Reference, ...] = (
     Reference("passages per query", 3, "sh retriever.topk", "agent:topk"),
     Reference("format reward", 0.0, "fork's qa_em compute_score(format_score=0)",
               "+reward.custom_reward_function.reward_kwargs.format_reward"),
+    Reference("invalid-call penalty", 0.0, "fork's qa_em: EM only (its qa_em_format takes structure_format_score "
+              "off a right answer in an invalid sequence)",
+              "+reward.custom_reward_function.reward_kwargs.invalid_call_penalty"),
     Reference("learning rate", 1e-6, "sh actor.optim.lr", A + "optim.lr"),
     Reference("warm-up ratio", 0.285, "sh actor.optim.lr_warmup_steps_ratio", A + "optim.lr_warmup_steps_ratio"),
     Reference("LR schedule", "constant", "yaml actor.optim.warmup_style", A + "optim.lr_scheduler_type"),
