@@ -175,7 +175,7 @@ def _one_step_updates(policy, tmp_path, monkeypatch, variants: dict[str, dict]) 
     from searchr1.agent.protocol import AgentProtocol
     from searchr1.training.grpo import ROLLOUTS_DIR, train_grpo
 
-    monkeypatch.setattr(AgentProtocol, "reward", lambda self, text, gold, fmt=0.0: len(text) / 100.0)
+    monkeypatch.setattr(AgentProtocol, "reward", lambda self, text, gold, **terms: len(text) / 100.0)
     base = _cfg(1, tmp_path, max_response=48).model_dump(mode="json")
     build_train_data(QS, config_from_dict(base), tmp_path / "data")
     start = load_file(str(Path(policy) / "model.safetensors"))
@@ -253,7 +253,7 @@ def test_a_warmup_whose_first_step_moves_changes_the_first_checkpoint(policy, tm
     from searchr1.agent.protocol import AgentProtocol
     from searchr1.training.grpo import train_grpo
 
-    monkeypatch.setattr(AgentProtocol, "reward", lambda self, text, gold, fmt=0.0: len(text) / 100.0)
+    monkeypatch.setattr(AgentProtocol, "reward", lambda self, text, gold, **terms: len(text) / 100.0)
     start = load_file(str(Path(policy) / "model.safetensors"))
     moved = {}
     for moves in (False, True):
