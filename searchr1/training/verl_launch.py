@@ -125,9 +125,9 @@ def verl_overrides(cfg, train_data_dir: Path, out_dir: Path, tool_config_path: P
         f"{R}agent.default_agent_loop={AGENT_NAME}",
         f"reward.custom_reward_function.path={Path(reward_plugin.__file__).resolve()}",
         "reward.custom_reward_function.name=compute_score",
-        f"+reward.custom_reward_function.reward_kwargs.format_reward={float(g.format_reward)}",
-        f"+reward.custom_reward_function.reward_kwargs.invalid_call_penalty={float(g.invalid_call_penalty)}",
-        f"+reward.custom_reward_function.reward_kwargs.prompt_style={cfg.agent.prompt_style}",
+        # the protocol reward's terms, as the TRL engine hands them over, and the style that says what a call is
+        *(f"+reward.custom_reward_function.reward_kwargs.{k}={float(x)}" for k, x in g.reward_terms.items()),
+        f"+reward.custom_reward_function.reward_kwargs.prompt_style={agent.prompt_style}",
         # the step guard lives in the V1 trainer's replay buffer (verl_plugins/sampler.py says why)
         "trainer.use_v1=true",
         "trainer.v1.trainer_mode=sync",

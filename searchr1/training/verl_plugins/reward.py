@@ -9,14 +9,15 @@ loop passes the model's text in `extra_info["model_text"]` (verl merges the loop
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, get_args
 
+from searchr1.agent.prompts import PromptStyle
 from searchr1.agent.protocol import AgentProtocol
 
 MODEL_TEXT = "model_text"  # the extra field our agent loop fills
 
 # The reward rule does not depend on the budgets; the prompt style says which tags are a search call.
-_PROTOCOLS = {style: AgentProtocol(style=style) for style in ("tool_call", "search_r1")}
+_PROTOCOLS = {style: AgentProtocol(style=style) for style in get_args(PromptStyle)}
 
 
 def golden_answers(ground_truth: Any) -> list[str]:
@@ -38,5 +39,6 @@ def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_
     if prompt_style not in _PROTOCOLS:
         raise ValueError(f"reward_kwargs.prompt_style {prompt_style!r}: expected one of {sorted(_PROTOCOLS)}")
     text = (extra_info or {}).get(MODEL_TEXT)
-    return _PROTOCOLS[prompt_style].reward(solution_str if text is None else str(text), golden_answers(ground_truth),
-                            format_reward=float(format_reward), invalid_call_penalty=float(invalid_call_penalty))
+    protocol = _PROTOCOLS[prompt_style]
+    return protocol.reward(solution_str if text is None else str(text), golden_answers(ground_truth),
+                           format_reward=float(format_reward), invalid_call_penalty=float(invalid_call_penalty))
