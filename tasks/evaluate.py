@@ -22,9 +22,7 @@ def evaluate_task(ctx: PipelineContext, policy_path: Path | str, questions: Stag
     cfg = ctx.cfg
 
     def build(work, run):
-        ckpts = list_checkpoints(train.path)
-        if cfg.evaluation.checkpoints == "last":
-            ckpts = ckpts[-1:]
+        ckpts = evaluate.scored_checkpoints(list_checkpoints(train.path), cfg.evaluation.checkpoints)
         if cfg.evaluation.include_base:
             ckpts = [(0, policy_path)] + ckpts
         test = load_question_sets(questions.path, cfg.questions.eval_benchmarks, "test")

@@ -178,3 +178,17 @@ def test_one_engine_takes_every_checkpoint_it_can_swap_in(tmp_path: Path, monkey
     opened.clear(), loads.clear()
     run(tmp_path, [], checkpoints=((0, "base-folder"), (10, "ckpt-10"), (20, "ckpt-20"), (30, "other-arch")))
     assert opened == [] and loads == []  # all done: nothing loaded
+
+
+@pytest.mark.parametrize(("choice", "steps"), [("all", [1, 2, 3, 4]), ("last", [4]), (2, [3, 4]), (9, [1, 2, 3, 4])])
+def test_scored_checkpoints_are_all_the_last_or_the_last_n(choice, steps):
+    run_ckpts = [(3, "c3"), (1, "c1"), (4, "c4"), (2, "c2")]  # in any order, as a listing may give them
+    assert [s for s, _ in ev.scored_checkpoints(run_ckpts, choice)] == steps
+
+
+@pytest.mark.parametrize("bad", [0, -2, "first", True, 1.5])
+def test_a_bad_checkpoint_choice_is_refused_by_name(bad):
+    from searchr1.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"evaluation\.checkpoints.*expected 'all', 'last' or a positive integer"):
+        load_config(Path(__file__).parents[1] / "configs" / "tiny.yaml", [f"evaluation.checkpoints={bad}"])

@@ -37,6 +37,15 @@ def checkpoint_name(step: int) -> str:
     return BASE_CHECKPOINT if step == 0 else f"step-{step:06d}"
 
 
+def scored_checkpoints(checkpoints: Sequence[tuple[int, Path | str]], choice: str | int
+                       ) -> list[tuple[int, Path | str]]:
+    """`evaluation.checkpoints` applied to a run's (step, path) checkpoints: all of them, the last, or the last N."""
+    ordered = sorted(checkpoints, key=lambda c: c[0])
+    if choice == "all":
+        return ordered
+    return ordered[-(1 if choice == "last" else int(choice)):]  # EvaluationConfig has checked the choice
+
+
 def rollout_path(out_dir: Path, checkpoint: str, method: str, benchmark: str) -> Path:
     return Path(out_dir) / "rollouts" / checkpoint / f"{method}__{benchmark}.parquet"
 
