@@ -127,6 +127,20 @@ def warm_start_used(config: Mapping[str, Any], stages: Mapping[str, StageSummary
     return "warm-start" in stages or bool(_get(config, "training.warm_start.enabled", False))
 
 
+def scored_note(config: Mapping[str, Any], stages: Mapping[str, StageSummary]) -> str | None:
+    """A line saying which GRPO checkpoints were left unscored (`evaluation.checkpoints` other than "all")."""
+    choice = _get(config, "evaluation.checkpoints", "all")
+    train = stages.get("train")
+    if choice == "all" or not isinstance(train, TrainSummary):
+        return None
+    saved = len(train.checkpoints)
+    scored = min(saved, 1 if choice == "last" else int(choice))
+    if scored >= saved:
+        return None
+    return (f"Scored: the last {scored} of the run's {saved} GRPO checkpoints (`evaluation.checkpoints: {choice}`), "
+            "with the base and the warm-started policy; the earlier ones are saved in the train stage, not scored.")
+
+
 def deviations(config: Mapping[str, Any], stages: Mapping[str, StageSummary]) -> list[str]:
     """How this run differs from Search-R1's setup, read off the config (nothing branches on a profile name)."""
     out = []
@@ -515,6 +529,9 @@ def build_report(out_dir: Path, *, config: dict, stages: Mapping[str, StageSumma
         md += ["_No training metrics were recorded._", ""]
 
     md += ["## Results", ""]
+    note = scored_note(config, stages)
+    if note:
+        md += [note, ""]
     if results_md is not None and Path(results_md).is_file():
         md += [Path(results_md).read_text(encoding="utf-8").strip(), ""]
     else:

@@ -285,3 +285,15 @@ def test_report_shows_intervals_and_the_rl_gain():
     text, gain = _intervals(pd.DataFrame(rows))
     assert "| search_agent | step-000002 | 50.0 [38.1, 61.9] (n=64) |" in text
     assert "best GRPO checkpoint step-000002 50.0" in gain and "+25.0 points" in gain
+
+
+@pytest.mark.parametrize(("choice", "expected"), [
+    ("all", None), ("last", "the last 1 of the run's 3"), (2, "the last 2 of the run's 3"), (3, None), (9, None)])
+def test_the_report_says_which_checkpoints_went_unscored(choice, expected):
+    from searchr1.report import scored_note
+
+    train = TrainSummary.of({"steps": 3}, engine="trl", init="m", warm_started=True, last_step=3,
+                            checkpoints=[f"checkpoints/step-00000{i}" for i in (1, 2, 3)])
+    note = scored_note({"evaluation": {"checkpoints": choice}}, {"train": train})
+    assert (note is None) if expected is None else (expected in note and f"checkpoints: {choice}" in note)
+    assert scored_note({"evaluation": {"checkpoints": 2}}, {}) is None  # no train stage: nothing to say
