@@ -230,3 +230,18 @@ def test_over_steps_plot_joins_the_rl_trajectory_and_draws_the_base_apart(tmp_pa
     assert [d for d in drawn if d[2] == "evaluated checkpoints: average EM"] == [
         ([0, 1, 2], [0.0, 0.45, 0.5], "evaluated checkpoints: average EM")]
     assert not [d for d in drawn if d[2] and "before" in d[2]]
+
+
+def test_the_step_partial_over_all_checkpoints_is_qualified_when_base_and_warm_start_share_step_0(tmp_path):
+    """With a warm start, base and warm start both sit at step 0: the partial on step over every checkpoint then
+    mostly measures the gap between those two, and the verdict says so (the RL-trajectory line controls for step)."""
+    from searchr1.reflection.render import analysis_markdown
+
+    eval_dir, _ = make_run(tmp_path, "none", n_ckpt=4, per_bench=20)
+    analyse(eval_dir, None, CFG, tmp_path / "out")
+    res = json.loads((tmp_path / "out" / "analysis.json").read_text())
+    assert "share step 0" not in analysis_markdown(res)  # no warm start: no RL-trajectory line, nothing to qualify
+    s = res["statistics"]
+    s["across_rl_checkpoints"], s["across_rl_checkpoints_partial"] = s["across_checkpoints"], s["partial_step"]
+    line = next(x for x in analysis_markdown(res).splitlines() if x.startswith("- **Controlling for training step"))
+    assert "share step 0" in line and "RL-trajectory line below" in line

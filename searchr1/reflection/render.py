@@ -97,7 +97,10 @@ def analysis_markdown(result: dict) -> str:
              "over benchmarks, like the average score).", "",
              "### Verdicts", "",
              f"- **Across checkpoints (ratio vs. average score):** {s['across_checkpoints']['verdict']}",
-             f"- **Controlling for training step:** {s['partial_step']['verdict']}",
+             f"- **Controlling for training step:** {s['partial_step']['verdict']}"
+             + (" (the base and the warm-started policy share step 0, so this is driven by the gap between them; "
+                "the RL-trajectory line below controls for step without the base)"
+                if s.get("across_rl_checkpoints") else ""),
              f"- **Within checkpoints (same model, same questions):** {s['within_checkpoint']['verdict']}"]
     if s.get("across_rl_checkpoints"):
         lines.append(f"- **Along the RL trajectory (warm start on, base left out):** "
