@@ -22,6 +22,7 @@ import pandas as pd
 import yaml
 
 from searchr1 import intervals, markdown
+from searchr1.evaluation.config import scored_count
 from searchr1.evaluation.hops import HopSection
 from searchr1.io import atomic_file, write_text_atomic
 from searchr1.reflection.stats import rl_trajectory
@@ -134,7 +135,7 @@ def scored_note(config: Mapping[str, Any], stages: Mapping[str, StageSummary]) -
     if choice == "all" or not isinstance(train, TrainSummary):
         return None
     saved = len(train.checkpoints)
-    scored = min(saved, 1 if choice == "last" else int(choice))
+    scored = scored_count(saved, choice)
     if scored >= saved:
         return None
     return (f"Scored: the last {scored} of the run's {saved} GRPO checkpoints (`evaluation.checkpoints: {choice}`), "

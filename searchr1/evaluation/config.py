@@ -26,3 +26,10 @@ class EvaluationConfig(Section):
         if value in ("all", "last") or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
             return value
         raise ValueError("expected 'all', 'last' or a positive integer (the last N checkpoints)")
+
+
+def scored_count(saved: int, choice: str | int) -> int:
+    """How many of a run's `saved` GRPO checkpoints `evaluation.checkpoints` scores (the latest ones)."""
+    if choice == "all":
+        return saved
+    return min(saved, 1 if choice == "last" else int(choice))  # EvaluationConfig has checked the choice

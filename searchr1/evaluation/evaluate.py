@@ -22,6 +22,7 @@ from searchr1 import faults
 from searchr1.agent.generators import Generator, can_swap, close_generator, make_generator, return_freed_memory
 from searchr1.agent.rollout import run_agent, run_baseline, summarize_rows
 from searchr1.agent.trace import ROLLOUT_SCHEMA, Question, write_rollouts
+from searchr1.evaluation.config import scored_count
 from searchr1.io import atomic_file
 from searchr1.retrieval.base import Searcher
 from searchr1.schema import AGENT, AVERAGE, BASE_CHECKPOINT
@@ -41,9 +42,7 @@ def scored_checkpoints(checkpoints: Sequence[tuple[int, Path | str]], choice: st
                        ) -> list[tuple[int, Path | str]]:
     """`evaluation.checkpoints` applied to a run's (step, path) checkpoints: all of them, the last, or the last N."""
     ordered = sorted(checkpoints, key=lambda c: c[0])
-    if choice == "all":
-        return ordered
-    return ordered[-(1 if choice == "last" else int(choice)):]  # EvaluationConfig has checked the choice
+    return ordered[len(ordered) - scored_count(len(ordered), choice):]
 
 
 def rollout_path(out_dir: Path, checkpoint: str, method: str, benchmark: str) -> Path:
