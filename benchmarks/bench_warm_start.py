@@ -23,6 +23,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -35,8 +36,17 @@ VARIANTS = {  # name: (gradient checkpointing, shared prefix, bf16 autocast)
 }
 
 
-def main() -> None:
-    import torch
+class Workload(NamedTuple):
+    """The tiny profile's warm-start batches: what every variant here (and bench_allocator.py) trains on."""
+    path: Path | str
+    pad_id: int
+    examples: list[tuple[list[int], list[int]]]
+    batches: list[list[int]]
+    ws: Any  # the config's training.warm_start section
+
+
+def load_workload(config: Path, policy: Path | None, steps: int) -> Workload:
+    """`steps` batches of the tiny profile's traces (the synthetic world, the real tokenizer and template)."""
     from transformers import AutoTokenizer
 
     from searchr1.agent.prompts import tools_for
@@ -44,7 +54,30 @@ def main() -> None:
     from searchr1.corpus.synthetic import build_questions, build_world, render_passages
     from searchr1.models import resolve_policy
     from searchr1.training.search_tool import WordOverlapSearcher
-    from searchr1.training.warmstart import build_traces, length_batches, tokenize_trace, train_step, trainable_policy
+    from searchr1.training.warmstart import build_traces, length_batches, tokenize_trace
+
+    cfg = load_config(config)
+    ws = cfg.training.warm_start
+    path = policy or resolve_policy(cfg.policy, ROOT / "artifacts")
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.pad_token = tok.pad_token or tok.eos_token
+    world_cfg = cfg.corpus.synthetic
+    world = build_world(world_cfg)
+    questions = {k: v["train"] for k, v in build_questions(world, world_cfg).items()}
+    searcher = WordOverlapSearcher([p for _, p in render_passages(world, world_cfg.seed)])
+    traces, _ = build_traces(questions, searcher, tok, cfg, ws.batch_size * steps)
+    tools = tools_for("tool_call")
+    examples = [tokenize_trace(tok, t, tools) for t in traces]
+    batches = length_batches([len(ids) for ids, _ in examples], ws.batch_size, random.Random(0))[:steps]
+    print(f"{len(examples)} traces, mean {statistics.mean(len(i) for i, _ in examples):.0f} tokens, batches of "
+          f"{ws.batch_size}, {len(batches)} steps, policy {path}")
+    return Workload(path, tok.pad_token_id, examples, batches, ws)
+
+
+def main() -> None:
+    import torch
+
+    from searchr1.training.warmstart import train_step, trainable_policy
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=5, help="steps per variant; the first is dropped")
@@ -55,22 +88,7 @@ def main() -> None:
     args = ap.parse_args()
     print(f"machine at start: load average {os.getloadavg()} on {os.cpu_count()} cores, torch threads "
           f"{torch.get_num_threads()}")
-    cfg = load_config(args.config)
-    ws = cfg.training.warm_start
-    path = args.policy or resolve_policy(cfg.policy, ROOT / "artifacts")
-    tok = AutoTokenizer.from_pretrained(path)
-    tok.pad_token = tok.pad_token or tok.eos_token
-    world_cfg = cfg.corpus.synthetic
-    world = build_world(world_cfg)
-    questions = {k: v["train"] for k, v in build_questions(world, world_cfg).items()}
-    searcher = WordOverlapSearcher([p for _, p in render_passages(world, world_cfg.seed)])
-    n = ws.batch_size * args.steps
-    traces, _ = build_traces(questions, searcher, tok, cfg, n)
-    tools = tools_for("tool_call")
-    examples = [tokenize_trace(tok, t, tools) for t in traces]
-    batches = length_batches([len(ids) for ids, _ in examples], ws.batch_size, random.Random(0))[:args.steps]
-    print(f"{len(examples)} traces, mean {statistics.mean(len(i) for i, _ in examples):.0f} tokens, batches of "
-          f"{ws.batch_size}, {len(batches)} steps, policy {path}")
+    path, pad_id, examples, batches, ws = load_workload(args.config, args.policy, args.steps)
 
     results: dict[str, dict] = {}
     for name in args.variants.split(","):
@@ -81,7 +99,7 @@ def main() -> None:
         secs, losses, tokens = [], [], []
         for idx in batches:
             t0 = time.perf_counter()
-            loss, k = train_step(model, opt, [examples[i] for i in idx], tok.pad_token_id, shared_prefix=shared,
+            loss, k = train_step(model, opt, [examples[i] for i in idx], pad_id, shared_prefix=shared,
                                  bf16=bf16)
             secs.append(time.perf_counter() - t0)
             losses.append(loss)

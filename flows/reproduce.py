@@ -7,7 +7,12 @@ with the same arguments), or through a deployment: `prefect deployment run repro
 
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__":  # before the heavy imports below: the process restarts once with mimalloc preloaded
+    from searchr1.allocator import ensure_preloaded
+
+    ensure_preloaded()
+
+import argparse  # noqa: E402
 import sys
 import time
 from pathlib import Path

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import httpx
 
+from searchr1.allocator import preload_env
+
 PROJECT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
 FLOW = "reproduce-search-r1"
@@ -158,7 +160,8 @@ def serve_deployments(url: str, profiles: list[str], timeout: float) -> None:
             print(f"deployment {FLOW}/{profile}: already served (pid {pid})")
             continue
         argv = [sys.executable, "-m", "flows.deploy", profile]
-        pid = _spawn(name, argv, _env(PREFECT_API_URL=url, **SERVED[profile]))
+        # the flow runs it serves are its children: they inherit mimalloc (searchr1.allocator)
+        pid = _spawn(name, argv, preload_env(_env(PREFECT_API_URL=url, **SERVED[profile])))
         offline = " offline" if SERVED[profile].get("HF_HUB_OFFLINE") else ""
         print(f"deployment {FLOW}/{profile}: serving{offline} (pid {pid}, log {home() / (name + '.log')})",
               flush=True)

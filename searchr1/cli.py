@@ -29,6 +29,7 @@ class Command:
     target: str  # "module:function" taking (argv, prog) and returning an exit code
     help: str
     extra_argv: tuple[str, ...] = ()  # appended to what the user typed
+    preload_allocator: bool = False  # trains or evaluates: restart with mimalloc preloaded (searchr1.allocator)
 
     @property
     def name(self) -> str:
@@ -37,7 +38,7 @@ class Command:
 
 COMMANDS: tuple[Command, ...] = (
     Command(("run",), "flows.reproduce:main",
-            "run or resume the pipeline flow (same as `python -m flows.reproduce`)"),
+            "run or resume the pipeline flow (same as `python -m flows.reproduce`)", preload_allocator=True),
     Command(("ask",), "searchr1.ask:main", "ask a checkpoint one question and print the multi-turn trace"),
     Command(("retriever", "serve"), "searchr1.retrieval.server:main",
             "serve an index over Search-R1's retrieval HTTP API"),
@@ -50,7 +51,8 @@ COMMANDS: tuple[Command, ...] = (
     Command(("fingerprints",), "flows.fingerprints:main",
             "save the content hashes of a run's stage outputs, or compare a run with saved ones"),
     Command(("grpo-streams",), "searchr1.grpo_streams:main",
-            "GRPO again from a run's warm start under other seeds or settings, each stream scored held-out"),
+            "GRPO again from a run's warm start under other seeds or settings, each stream scored held-out",
+            preload_allocator=True),
     Command(("report", "open"), "searchr1.cli:report_open", "print (and open) the latest run report"),
     Command(("serve",), "flows.serve:serve_main",
             "start the Prefect server on 127.0.0.1 and serve the deployments (what `make serve` runs)"),
@@ -91,6 +93,7 @@ def _call(target: str, argv: list[str], prog: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from_command_line = argv is None  # the `searchr1` script itself, not a caller in this process (tests)
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         _overview().print_help()
@@ -114,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
         return 2
     command, rest = found
+    if command.preload_allocator and from_command_line:
+        from searchr1.allocator import ensure_preloaded
+
+        ensure_preloaded()  # returns at once when preloaded; else this process restarts with it
     return _call(command.target, rest, prog=f"searchr1 {command.name}")
 
 
