@@ -11,13 +11,16 @@ from the same weights in a fresh child process, since the allocator is chosen wh
   glibc-thp       GLIBC_TUNABLES=glibc.malloc.hugetlb=1: malloc asks for transparent huge pages (2 MB faults)
   glibc-thp-heap  the same, the mmap threshold fixed at its 32 MB maximum and the heap never trimmed
   jemalloc        LD_PRELOAD of the libjemalloc searchr1.allocator finds; jemalloc-keep: never decays, THP
-  mimalloc        the same with libmimalloc; mimalloc-keep: no purge, huge pages (what searchr1 run preloads)
+  mimalloc        the same with libmimalloc; mimalloc-keep: no purge, huge pages (what searchr1 run preloads);
+                  mimalloc-1s: a 1 s purge delay; mimalloc-lazy: purges by MADV_FREE, not decommit
 
 The rounds run the variants round-robin (a host's drift falls on all of them); each child's first step is
 dropped (warm-up) and the median over rounds of the rest's total is quoted, with the minor page faults and system
 CPU seconds per step, and every variant's losses are checked against the baseline's (an allocator must not
-change a single bit). Measured 2026-12-08 on a 2-core Xeon (AMX), two rounds: mimalloc-keep 1.29x, mimalloc as it
-ships 0.73x (it purges freed pages: 285k faults a step), glibc-thp 0.96-1.15x, jemalloc-keep 1.11x at 18.9 GB.
+change a single bit). Measured 2026-12-08 on a 2-core Xeon (AMX), rounds interleaved: mimalloc-keep 1.29x and
+1.22x (two runs of two rounds); mimalloc as it ships 0.73x (it purges freed pages: 285k faults a step), and so
+does a 1 s purge delay (mimalloc-1s 0.74x); mimalloc-lazy (purges by MADV_FREE) 1.15x; glibc-thp 0.96-1.15x;
+jemalloc-keep 1.11x at 18.9 GB.
 
     python benchmarks/bench_allocator.py [--steps 6] [--repeats 2] [--variants glibc,mimalloc-keep,glibc-thp]
 """
@@ -77,12 +80,14 @@ VARIANTS: dict[str, tuple[str | None, dict[str, str]]] = {
     "jemalloc-keep": ("jemalloc", {"MALLOC_CONF": "dirty_decay_ms:-1,muzzy_decay_ms:-1,thp:always"}),
     "mimalloc": ("mimalloc", {}),
     "mimalloc-keep": ("mimalloc", MIMALLOC_OPTIONS),  # what searchr1.allocator preloads
+    "mimalloc-1s": ("mimalloc", {**MIMALLOC_OPTIONS, "MIMALLOC_PURGE_DELAY": "1000"}),
+    "mimalloc-lazy": ("mimalloc", {"MIMALLOC_PURGE_DECOMMITS": "0", "MIMALLOC_ALLOW_LARGE_OS_PAGES": "1"}),
 }
 
 
 def variant_env(name: str) -> dict[str, str] | None:
     """The child's environment for a variant; None when its library is not on this machine."""
-    strip = ("GLIBC_TUNABLES", "LD_PRELOAD", "MALLOC_CONF", *MIMALLOC_OPTIONS)
+    strip = ("GLIBC_TUNABLES", "LD_PRELOAD", "MALLOC_CONF", "MIMALLOC_PURGE_DECOMMITS", *MIMALLOC_OPTIONS)
     env = {k: v for k, v in os.environ.items() if k not in strip}
     library, extra = VARIANTS[name]
     if library is None:
