@@ -5,13 +5,16 @@ which allocates and frees the same large activations every step (attention score
 faults each of their pages in again, 4 KB at a time: during the tiny run's warm start ~12% of the process's CPU
 time went to system calls. mimalloc told to keep what it frees (no purge) and to use huge pages serves the next
 step from warm pages: 1.29x a warm-start step (benchmarks/bench_allocator.py, two interleaved rounds; mimalloc
-as it ships, purging freed pages, was 0.73x). The allocator does not touch the arithmetic: the same losses bit
-for bit (the benchmark checks), and a lower peak RSS than glibc's.
+as it ships, purging freed pages, was 0.73x; so was a 1 s purge delay). The allocator does not touch the arithmetic:
+the same losses bit for bit (the benchmark checks; a whole tiny run: every stage file). What it costs is memory
+held: pages the trainer freed stay with the process, so the tiny run peaks at 22.8 GB instead of 18.7 (its
+evaluation engine's KV cache comes on top), and neither glibc's malloc_trim nor mi_collect gives them back.
 
 An allocator is chosen when a process starts, so the entry points that run the pipeline (`searchr1 run`,
 `python -m flows.reproduce`, the processes `searchr1 serve` starts) re-execute themselves, or their children,
 with it in LD_PRELOAD. SEARCHR1_ALLOCATOR picks it: mimalloc (the default; the `cmeel-mimalloc` wheel that
-`make setup` installs, or Debian's libmimalloc2.0), jemalloc, or system (glibc's, no preload).
+`make setup` installs, or Debian's libmimalloc2.0), jemalloc, or system (glibc's, no preload: on a machine with
+less than 24 GB).
 """
 
 from __future__ import annotations
