@@ -12,6 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from searchr1.allocator import preload_env
+
 PROJECT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # a Prefect server, two serving processes and two flow runs (~3 min on 2 cores)
 SMALL = ["corpus.synthetic.n_people=40", "corpus.synthetic.n_places=10", "corpus.synthetic.n_organisations=8",
@@ -59,6 +61,8 @@ def test_serve_is_idempotent_runs_a_deployment_and_stops_and_make_run_needs_none
         assert _environ(pids["serve-tiny"]).get("HF_HUB_OFFLINE") == "1"
         assert "HF_HUB_OFFLINE" not in _environ(pids["serve-paper"])
         assert _environ(pids["serve-tiny"])["PREFECT_API_URL"] == url
+        # the flow runs they serve inherit the allocator `searchr1 run` restarts with (searchr1.allocator)
+        assert _environ(pids["serve-tiny"]).get("LD_PRELOAD") == preload_env(env).get("LD_PRELOAD")
         # the UI in a browser calls this port's API (Prefect's default would be 4200)
         assert httpx.get(f"http://127.0.0.1:{port}/ui-settings", timeout=10).json()["api_url"] == url
 
