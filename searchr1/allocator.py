@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 ENV = "SEARCHR1_ALLOCATOR"
@@ -79,25 +79,13 @@ def preload_env(env: Mapping[str, str] = os.environ) -> dict[str, str]:
     return out
 
 
-def ensure_preloaded(argv: Sequence[str] | None = None) -> None:
-    """Re-execute this process (`argv`: the interpreter's own command line, default `sys.orig_argv`) with the
-    chosen allocator preloaded, unless it already is. Call it before anything heavy is imported; it returns
-    only when there is nothing to do (already preloaded, "system", or not installed)."""
+def ensure_preloaded() -> None:
+    """Re-execute this process (its own command line, `sys.orig_argv`) with the chosen allocator preloaded,
+    unless it already is. Call it before anything heavy is imported; it returns only when there is nothing to do
+    (already preloaded, "system", or not installed)."""
     env = preload_env()
     if env.get("LD_PRELOAD", "") == os.environ.get("LD_PRELOAD", ""):
         return
-    argv = list(sys.orig_argv if argv is None else argv)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *argv[1:]], env)
-
-
-def main() -> None:
-    """`python -m searchr1.allocator`: print the library the chosen allocator preloads (empty when none)."""
-    name = chosen()
-    lib = None if name == SYSTEM else find_preload(name)
-    print(lib or "")
-
-
-if __name__ == "__main__":
-    main()
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)

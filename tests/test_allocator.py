@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -10,12 +11,10 @@ import pytest
 from searchr1 import allocator
 from searchr1.cli import COMMANDS
 
-MAPS_HAS = "import sys; print(any('{lib}' in line for line in open('/proc/self/maps')))"
+MAPS_HAS = "print(any('{lib}' in line for line in open('/proc/self/maps')))"
 
 
 def _env(**extra: str) -> dict[str, str]:
-    import os
-
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", allocator.ENV, *allocator.MIMALLOC_OPTIONS)}
     return {**env, **extra}
 
